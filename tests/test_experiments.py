@@ -1,0 +1,86 @@
+"""Every shipped config parses and instantiates; the paper rows count exactly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lavin_lightning.cli import main, params_main
+
+REPO = Path(__file__).resolve().parents[1]
+ROW_CONFIGS = sorted((REPO / "experiments").glob("*/*.yaml"))
+ROW_CONFIGS = [p for p in ROW_CONFIGS if p.parent.name != "base"]
+BASE_CONFIGS = sorted((REPO / "experiments" / "base").glob("*.yaml"))
+
+
+def config_stack(path: Path) -> list[str]:
+    """The config and the files it `# extends:` (header comment), base first."""
+    match = re.search(r"^# extends: (\S+)$", path.read_text(), flags=re.M)
+    parents = config_stack(REPO / match.group(1)) if match else []
+    return parents + [str(path)]
+
+
+@pytest.mark.parametrize("path", ROW_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_row_config_instantiates(path, monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    from lavin_lightning.models.base import PEFTModule
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["lavin-lightning"])
+    args = []
+    for config in [str(REPO / "experiments/base/trainer_cpu.yaml")] + config_stack(path):
+        args += ["--config", config]
+    args += ["--trainer.logger=false", "--trainer.enable_checkpointing=false"]
+    cli = LightningCLI(PEFTModule, None, subclass_mode_model=True, subclass_mode_data=True,
+                       run=False, args=args, save_config_callback=None)
+    assert isinstance(cli.model, PEFTModule)
+    assert cli.datamodule.global_batch_size > 0
+    assert cli.trainer.max_epochs >= 1
+
+
+@pytest.mark.parametrize("path", BASE_CONFIGS, ids=lambda p: p.name)
+def test_base_configs_parse(path):
+    from lavin_lightning.cli import load_configs
+
+    config = load_configs([str(path)])
+    assert "trainer" in config and isinstance(config["trainer"], dict)
+
+
+def param_report(*configs: str, capsys) -> dict:
+    args = []
+    for config in configs:
+        args += ["--config", str(REPO / config)]
+    params_main(args + ["--json"])
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    "row, trainable",
+    [("experiments/lavin/sqa_lavin_7b.yaml", 3_781_296), ("experiments/lavin/sqa_lavin_13b.yaml", 5_390_080)],
+)
+def test_paper_trainable_parameter_counts_on_meta(row, trainable, capsys):
+    report = param_report(row, capsys=capsys)
+    assert report["trainable"] == trainable
+    groups = report["groups"]
+    width = 4096 if "7b" in row else 5120
+    layers = 32 if "7b" in row else 40
+    # Spec section 5: 20c + 10 per MM-Adapter; 24 ViT-L/14 adapters of width 1024.
+    assert groups["llm (trainable)"]["trainable"] == layers * (20 * width + 10)
+    assert groups["vision (trainable)"]["trainable"] == 24 * (20 * 1024 + 10) == 491_760
+    assert groups["neck (trainable)"]["trainable"] == 131_200 + 128 * width + width
+    assert groups["modality (trainable)"]["trainable"] == 2 * width
+    llama_total = 6_738_415_616 if "7b" in row else 13_015_864_320
+    assert groups["llm (frozen)"]["total"] == llama_total
+    assert groups["vision (frozen)"]["total"] == 303_179_776
+    # fp32 safetensors export: 4 bytes per parameter plus a small JSON header.
+    assert 4 * trainable < report["adapter_file_bytes"] < 4 * trainable + 100_000
+
+
+def test_params_command_prints_a_table(capsys):
+    main(["params", "--config", str(REPO / "experiments/lavin/sqa_lavin_7b.yaml")])
+    out = capsys.readouterr().out
+    assert "3,781,296" in out and "adapter file" in out
