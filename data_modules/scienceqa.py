@@ -7,6 +7,9 @@ Reads the public layout of lupantech/ScienceQA::
     <data_root>/images/<split>/<pid>/image.png   for problems whose "image" is set
     <data_root>/captions.json                    {"captions": {pid: text}} (optional)
 
+Optionally, text-only instructions in the Alpaca format join the training set
+(``text_instructions``), as in LaVIN's mixture-of-modality training.
+
 All problems of a split are validated and tokenised once in ``setup()``, so a bad record
 fails before training starts and the dataset only has to load images.
 """
@@ -39,6 +42,8 @@ _LAYOUT = (
 )
 
 _REQUIRED_FIELDS = ("question", "choices", "answer")
+
+_ALPACA = 'expected the Alpaca format: a list of {"instruction": str, "input": str (optional), "output": str}'
 
 
 # --------------------------------------------------------------------------- sequences
@@ -180,14 +185,42 @@ class ScienceQACollator:
 # --------------------------------------------------------------------------- data module
 
 
-def _read_json(path: Path, what: str) -> Any:
+def _read_json(path: Path, what: str, expected: str = _LAYOUT) -> Any:
     if not path.is_file():
-        raise DataError(f"{path} not found ({what}); {_LAYOUT}")
+        raise DataError(f"{path} not found ({what}); {expected}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); {_LAYOUT}") from None
+        raise DataError(f"{path} is not valid JSON ({e}); {expected}") from None
+
+
+def instruction_prompt(instruction: str, input_text: str = "") -> str:
+    """The text-only prompt of an Alpaca record; like ScienceQA prompts it ends in "Response:"."""
+    if input_text:
+        return f"Instruction: {instruction}\nInput: {input_text}\nResponse:"
+    return f"Instruction: {instruction}\nResponse:"
+
+
+def read_text_instructions(path: Path) -> list[tuple[str, str]]:
+    """``(prompt, output)`` per record of an Alpaca-format JSON file, all checked up front."""
+    records = _read_json(path, "text instructions", _ALPACA)
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a list of records, got {type(records).__name__}; {_ALPACA}")
+    pairs = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: record {index} is a {type(record).__name__}, not an object; {_ALPACA}")
+        bad = [k for k in ("instruction", "output") if not isinstance(record.get(k), str) or not record[k].strip()]
+        input_text = record.get("input") or ""
+        if not isinstance(input_text, str):
+            bad.append("input")
+        if bad:
+            raise DataError(
+                f"{path}: record {index} has a missing, empty or non-string {', '.join(bad)}; {_ALPACA}"
+            )
+        pairs.append((instruction_prompt(record["instruction"], input_text), record["output"]))
+    return pairs
 
 
 class ScienceQADataModule(GlobalBatchDataModule):
@@ -231,6 +264,12 @@ class ScienceQADataModule(GlobalBatchDataModule):
         num_workers: DataLoader worker processes.
         tokenizer: a Hugging Face tokenizer; None = ``trainer.lightning_module.tokenizer``
             at setup.
+        text_instructions: JSON file of text-only instructions in the Alpaca format (a
+            list of {"instruction", "input" (optional), "output"}). Every record joins the
+            training set (not val/test, not cut by limit_train) as a text-only sample with
+            prompt "Instruction: ...\n[Input: ...\n]Response:" and target "output",
+            shuffled with the ScienceQA problems so that batches mix modalities (LaVIN's
+            mixture-of-modality training). None = ScienceQA only.
     """
 
     def __init__(
@@ -257,6 +296,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
         limit_test: int | None = None,
         num_workers: int = 0,
         tokenizer: Any = None,
+        text_instructions: str | None = None,
     ) -> None:
         super().__init__(global_batch_size, micro_batch_size, num_workers)
         # Check formats and sizes now so that a bad config fails before any data is read.
@@ -282,6 +322,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
         self.image_size = image_size
         self.transform = image_transform(image_size, image_mean, image_std)
         self.tokenizer = tokenizer
+        self.text_instructions = text_instructions
 
         self.problems: dict[str, dict] | None = None
         self.pid_splits: dict[str, list[str]] | None = None
@@ -396,6 +437,15 @@ class ScienceQADataModule(GlobalBatchDataModule):
             targets.append(target)
             meta.append((pid, image_path, len(problem["choices"])))
 
+        n_instructions = None
+        if role == "train" and self.text_instructions is not None:
+            # Text-only samples (no image, no choices), tokenised like the problems below.
+            pairs = read_text_instructions(Path(self.text_instructions))
+            inputs += [text_in for text_in, _ in pairs]
+            targets += [target for _, target in pairs]
+            meta += [(f"instruction-{index}", None, 0) for index in range(len(pairs))]
+            n_instructions = len(pairs)
+
         # Tokenise prompt and prompt+target separately with no special tokens, as the
         # release does; BOS/EOS are added by hand below.
         bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -425,6 +475,8 @@ class ScienceQADataModule(GlobalBatchDataModule):
             "truncated": n_truncated,
             "prompt_cut": n_prompt_cut,
         }
+        if n_instructions is not None:
+            self.truncation_report[role]["text_instructions"] = n_instructions
         if rank_zero_only.rank == 0:
             level = logging.WARNING if n_truncated else logging.INFO
             log.log(

@@ -26,11 +26,12 @@ NAMED_LLM_CONFIGS: dict[str, dict[str, Any]] = {
     "llama-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
                       num_attention_heads=40, vocab_size=32000, rms_norm_eps=1e-6,
                       max_position_embeddings=2048),
-    # Tests and CPU smoke runs: pairs with the byte-level tokenizer of backbones.tiny.
+    # Tests and CPU smoke runs: pairs with the byte-level tokenizer of backbones.tiny. The
+    # large init makes the random LM head peaky enough for adapter-only training to move it.
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=TINY_VOCAB_SIZE,
                  rms_norm_eps=1e-6, max_position_embeddings=1024,
-                 bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                 bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.3),
 }
 
 HOW_TO_GET_LLM = (
