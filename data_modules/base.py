@@ -7,7 +7,7 @@ size, so the same YAML gives the same optimisation on 1 CPU or 8 GPUs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import lightning as L
 from torchvision import transforms

@@ -14,14 +14,12 @@ eight-legged animals).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from itertools import zip_longest
 from pathlib import Path
 
 from lavin_lightning.errors import DataError
+from lavin_lightning.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +74,4 @@ def write_self_distilled_instructions(path, instructions: list[str], responses: 
     ]
     if len(records) < len(instructions):
         log.warning("left out %d instructions whose response is blank", len(instructions) - len(records))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(records, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, records, indent=1)

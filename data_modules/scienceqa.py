@@ -16,7 +16,6 @@ fails before training starts and the dataset only has to load images.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule, image_transform
 from data_modules.prompts import parse_prompt_format, scienceqa_prompt
 from lavin_lightning.errors import ConfigError, DataError
+from lavin_lightning.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +185,6 @@ class ScienceQACollator:
 # --------------------------------------------------------------------------- data module
 
 
-def _read_json(path: Path, what: str, expected: str = _LAYOUT) -> Any:
-    if not path.is_file():
-        raise DataError(f"{path} not found ({what}); {expected}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e}); {expected}") from None
-
-
 def instruction_prompt(instruction: str, input_text: str = "") -> str:
     """The text-only prompt of an Alpaca record; like ScienceQA prompts it ends in "Response:"."""
     if input_text:
@@ -204,7 +194,7 @@ def instruction_prompt(instruction: str, input_text: str = "") -> str:
 
 def read_text_instructions(path: Path) -> list[tuple[str, str]]:
     """``(prompt, output)`` per record of an Alpaca-format JSON file, all checked up front."""
-    records = _read_json(path, "text instructions", _ALPACA)
+    records = read_json(path, f"text instructions; {_ALPACA}")
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a list of records, got {type(records).__name__}; {_ALPACA}")
     pairs = []
@@ -337,16 +327,16 @@ class ScienceQADataModule(GlobalBatchDataModule):
         if self.problems is not None:
             return
         problems_path = self.data_root / "problems.json"
-        problems = _read_json(problems_path, "the ScienceQA problems")
+        problems = read_json(problems_path, f"the ScienceQA problems; {_LAYOUT}")
         if not isinstance(problems, dict):
             raise DataError(f"{problems_path}: expected an object {{pid: problem}}; {_LAYOUT}")
         splits_path = self.data_root / "pid_splits.json"
-        splits = _read_json(splits_path, "the ScienceQA split lists")
+        splits = read_json(splits_path, f"the ScienceQA split lists; {_LAYOUT}")
         if not isinstance(splits, dict):
             raise DataError(f"{splits_path}: expected an object {{split: [pid, ...]}}; {_LAYOUT}")
         if self.use_caption:
             captions_path = self.data_root / "captions.json"
-            captions = _read_json(captions_path, "image captions, required by use_caption=True")
+            captions = read_json(captions_path, 'image captions {"captions": {pid: text}} (use_caption=True)')
             if not isinstance(captions, dict) or not isinstance(captions.get("captions"), dict):
                 raise DataError(f'{captions_path}: expected {{"captions": {{pid: text}}}}')
             self.captions = captions["captions"]

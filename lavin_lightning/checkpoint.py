@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lavin_lightning.errors import CheckpointError
+from lavin_lightning.io import atomic_write, write_json
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -67,17 +67,6 @@ def adapter_state(pl_module) -> dict[str, torch.Tensor]:
     return {name.removeprefix("model."): p.detach() for name, p in pl_module._trainable.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_adapter(pl_module, directory: str | os.PathLike) -> Path:
     """Write adapter.safetensors + adapter_config.json into `directory`; return it."""
     directory = Path(directory)
@@ -85,8 +74,8 @@ def save_adapter(pl_module, directory: str | os.PathLike) -> Path:
     tensors = {k: v.to("cpu").contiguous() for k, v in adapter_state(pl_module).items()}
     meta = {"format_version": FORMAT_VERSION, **pl_module.adapter_meta(),
             "shapes": {k: list(v.shape) for k, v in tensors.items()}}
-    _atomic_write(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / ADAPTER_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_json(directory / ADAPTER_CONFIG, meta)
     return directory
 
 

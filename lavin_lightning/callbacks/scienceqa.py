@@ -8,7 +8,6 @@ gathers it across processes, scores it with `metrics.scienceqa.score_scienceqa`,
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lavin_lightning.checkpoint import _atomic_write
+from lavin_lightning.io import write_json
 from lavin_lightning.metrics.scienceqa import score_scienceqa
 
 log = logging.getLogger(__name__)
@@ -71,10 +70,9 @@ class ScienceQAEvaluation(Callback):
         metrics["counts"]["random_fallback"] = sum(r["guessed"] for r in records)
         self.metrics = metrics
         out = self.output_path(trainer)
-        out.mkdir(parents=True, exist_ok=True)
         results = {"results": predictions, "outputs": {r["pid"]: r["text"] for r in records}}
-        _atomic_write(out / "predictions.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-        _atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+        write_json(out / "predictions.json", results, indent=1)
+        write_json(out / "metrics.json", metrics)
         log.info("ScienceQA: average %s%% over %d problems (%d unparsed); wrote %s",
                  metrics["acc_average"], len(records), metrics["counts"]["unparsed"], out / "metrics.json")
         numeric = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, str)}

@@ -9,15 +9,14 @@ and per topic, each as the string ``"{:.2f}"`` of a percentage. Pure functions, 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from lavin_lightning.errors import DataError
+from lavin_lightning.io import read_json, write_json
 
 __all__ = [
     "ANSWER_PATTERN",
@@ -128,22 +127,6 @@ def parse_prediction(value: object) -> int | None:
 # --------------------------------------------------------------------------- loading
 
 
-def _read_json(path: Path, what: str) -> object:
-    """Parse a JSON file; DataError naming the path and what it should hold otherwise."""
-    if not path.is_file():
-        raise DataError(f"{path} not found: expected {what}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-            f"expected {what}"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e}); expected {what}") from None
-
-
 def load_predictions(path: str | os.PathLike) -> dict[str, object]:
     """Read ``{pid: prediction}`` from a JSON file.
 
@@ -152,7 +135,7 @@ def load_predictions(path: str | os.PathLike) -> dict[str, object]:
     """
     path = Path(path)
     what = 'an object {pid: prediction} or {"results": {pid: prediction}, ...}'
-    data = _read_json(path, what)
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise DataError(f"{path}: top level is a {type(data).__name__}; expected {what}")
     if "results" in data:
@@ -166,7 +149,7 @@ def load_predictions(path: str | os.PathLike) -> dict[str, object]:
 def load_problems(data_root: str | os.PathLike) -> dict[str, dict]:
     """Read ``<data_root>/problems.json``: ``{pid: problem}``."""
     path = Path(data_root) / "problems.json"
-    data = _read_json(path, f"the ScienceQA problems {{pid: problem}}; {_LAYOUT}")
+    data = read_json(path, f"the ScienceQA problems {{pid: problem}}; {_LAYOUT}")
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise DataError(f"{path}: top level is a {kind}; expected an object {{pid: problem}}")
@@ -187,7 +170,7 @@ def load_split_pids(
     """
     root = Path(data_root)
     path = root / "pid_splits.json"
-    splits = _read_json(path, f"the ScienceQA split lists {{split: [pid, ...]}}; {_LAYOUT}")
+    splits = read_json(path, f"the ScienceQA split lists {{split: [pid, ...]}}; {_LAYOUT}")
     if not isinstance(splits, dict):
         kind = type(splits).__name__
         raise DataError(f"{path}: top level is a {kind}; expected an object {{split: [pid, ...]}}")
@@ -222,7 +205,7 @@ def _accuracy(correct: int, total: int) -> str | None:
     # rare float ties round the same way.
     if total == 0:
         return None
-    return "{:.2f}".format(correct / total * 100)
+    return f"{correct / total * 100:.2f}"
 
 
 def score_scienceqa(
@@ -314,20 +297,6 @@ def score_scienceqa(
     return scores
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temp file beside ``path``, then rename: no half-written file on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def score_scienceqa_files(
     data_root: str | os.PathLike,
     predictions_path: str | os.PathLike,
@@ -350,5 +319,5 @@ def score_scienceqa_files(
         predictions_source=f"{predictions_path} (split {split!r})",
     )
     if output is not None:
-        _write_json_atomic(Path(output), scores)
+        write_json(Path(output), scores)
     return scores

@@ -84,6 +84,11 @@ class PEFTModule(L.LightningModule):
         trainable = sum(p.numel() for p in self._trainable.values())
         return {"total": total, "trainable": trainable}
 
+    def on_fit_start(self) -> None:
+        counts = self.parameter_counts()
+        for logger in self.loggers:
+            logger.log_hyperparams({"trainable_params": counts["trainable"], "total_params": counts["total"]})
+
     # -- optimisation -----------------------------------------------------------------
     def global_batch_size(self) -> int:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -57,7 +57,8 @@ class GenerationConfig:
     seed: int = 0
 
 
-def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float,
+                 generator: torch.Generator | None) -> torch.Tensor:
     """Next tokens (B,): greedy at temperature 0, else nucleus sampling as the release."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
@@ -91,7 +92,8 @@ class LaVINModel(nn.Module):
         # tokenizer=None builds the shapes only (parameter counts on the meta device).
         self.bos_id = tokenizer.bos_token_id if tokenizer is not None else None
         self.eos_id = tokenizer.eos_token_id if tokenizer is not None else None
-        self.pad_id = (tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else self.eos_id)
+        pad = tokenizer.pad_token_id if tokenizer is not None else None
+        self.pad_id = pad if pad is not None else self.eos_id
 
         def encode(text: str) -> torch.Tensor:
             ids = tokenizer(text, add_special_tokens=False).input_ids if tokenizer is not None else []
