@@ -46,22 +46,38 @@ params: install ## trainable/total parameters of a config on the meta device: ma
 smoke: install ## fit + test the tiny config on CPU (builds the easy-VQA data first)
 	$(OFFLINE) $(BIN)/lavin-lightning prepare easy-vqa --out data/easy_vqa_scienceqa
 	$(OFFLINE) $(BIN)/lavin-lightning fit --config experiments/base/trainer_cpu.yaml --config $(CFG)
+	$(OFFLINE) $(BIN)/lavin-lightning test --config experiments/base/trainer_cpu.yaml --config $(CFG) \
+	  --model.init_args.adapter_path runs/tiny/adapter
 
 lint: install ## static checks
 	$(BIN)/ruff check lavin_lightning data_modules tests benchmarks
 
-reproduce-table-1: install ## LaVIN Table 1 rows (GPUs, LLaMA + CLIP weights, ScienceQA data)
+reproduce-table-1: install ## LaVIN Table 1 rows: fit, test, print metrics (GPUs, LLaMA + CLIP weights, ScienceQA)
 	@for row in sqa_lavin_7b sqa_lavin_13b; do \
 	  base=experiments/base/trainer_ddp.yaml; [[ $$row == *13b* ]] && base=experiments/base/trainer_fsdp.yaml; \
-	  $(BIN)/lavin-lightning fit --config $$base --config experiments/base/wandb.yaml \
-	    --config experiments/lavin/$$row.yaml --trainer.default_root_dir runs/$$row || exit 1; \
+	  cfg="--config $$base --config experiments/base/wandb.yaml --config experiments/lavin/$$row.yaml"; \
+	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/$$row || exit 1; \
+	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/$$row \
+	    --model.init_args.adapter_path runs/$$row/adapter || exit 1; \
+	  echo "$$row: runs/$$row/metrics.json"; grep -E '"acc_(average|natural|social|language)"' runs/$$row/metrics.json; \
 	done
 
-reproduce-table-2: install ## LaVIN Table 2 ablation rows
-	@for row in experiments/lavin/ablation_*.yaml; do \
-	  name=$$(basename $$row .yaml); \
-	  $(BIN)/lavin-lightning fit --config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml \
-	    --config $$row --trainer.default_root_dir runs/$$name || exit 1; \
+# Table 2 rows stack on the 7B row (each file's `# extends:` header says on what).
+L := experiments/lavin
+T2_text_only_captions := $(L)/sqa_lavin_7b.yaml $(L)/ablation_text_only_captions.yaml
+T2_vision_modality := $(L)/sqa_lavin_7b.yaml $(L)/ablation_vision_modality.yaml
+T2_joint_optimisation := $(T2_vision_modality) $(L)/ablation_joint_optimisation.yaml
+T2_vit_l14 := $(L)/sqa_lavin_7b.yaml $(L)/ablation_vit_l14.yaml
+
+reproduce-table-2: install ## LaVIN Table 2 ablation rows (ViT-B/16 and ViT-L/14 rows; the last two are Table 1's)
+	@for row in text_only_captions vision_modality joint_optimisation vit_l14; do \
+	  case $$row in text_only_captions) stack="$(T2_text_only_captions)";; vision_modality) stack="$(T2_vision_modality)";; \
+	    joint_optimisation) stack="$(T2_joint_optimisation)";; vit_l14) stack="$(T2_vit_l14)";; esac; \
+	  cfg="--config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml"; \
+	  for f in $$stack; do cfg="$$cfg --config $$f"; done; \
+	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/t2_$$row || exit 1; \
+	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/t2_$$row \
+	    --model.init_args.adapter_path runs/t2_$$row/adapter || exit 1; \
 	done
 
 clean: ## remove runs and caches (keeps .venv)

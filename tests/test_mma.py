@@ -244,3 +244,15 @@ def test_config_validation():
         MMAConfig(llm_placement="ffn")
     with pytest.raises(ConfigError, match="divisible"):
         MMAConfig(adapter_dim=7)
+
+
+def test_vocabulary_logits_only_at_supervised_positions(make_tiny_lavin):
+    module = make_tiny_lavin()
+    batch = make_batch(module.tokenizer)
+    rows = []
+    hook = module.model.llm.lm_head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0]))
+    try:
+        module.model.loss(batch)
+    finally:
+        hook.remove()
+    assert rows == [int((batch["labels"] != -100).sum())]  # answer + EOS tokens, nothing else
