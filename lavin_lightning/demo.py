@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
 from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation
 from lavin_lightning.checkpoint import save_adapter
+from lavin_lightning.io import write_json
 from lavin_lightning.loggers import WandbLogger
 from lavin_lightning.models.base import OptimConfig
 from lavin_lightning.models.lavin import GenerationConfig, LaVIN
@@ -70,7 +70,7 @@ def make_trainer(out: Path, logger, **kwargs) -> L.Trainer:
                      enable_checkpointing=False, enable_model_summary=False, **kwargs)
 
 
-def chart(before: dict, after: dict, path: Path) -> None:
+def chart(before: dict, after: dict, chance: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,13 +80,18 @@ def chart(before: dict, after: dict, path: Path) -> None:
     value = lambda m, k: float(m[k]) if m.get(k) is not None else 0.0
     xs = range(len(labels))
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.bar([x - 0.2 for x in xs], [value(before, k) for k, _ in CATEGORIES], 0.4, label="before training")
-    ax.bar([x + 0.2 for x in xs], [value(after, k) for k, _ in CATEGORIES], 0.4, label="after training")
+    unparsed = lambda m: f"{m['counts']['unparsed']}/{m['counts']['total']} unparsed"
+    ax.bar([x - 0.2 for x in xs], [value(before, k) for k, _ in CATEGORIES], 0.4,
+           label=f"before training ({unparsed(before)})")
+    ax.bar([x + 0.2 for x in xs], [value(after, k) for k, _ in CATEGORIES], 0.4,
+           label=f"after training ({unparsed(after)})")
+    ax.axhline(chance, color="gray", linestyle="--", linewidth=1, label=f"chance ({chance:.1f}%)")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 118)  # room for the legend above the bars
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title("LaVIN (MMA) on SmolLM2-135M-Instruct: ScienceQA-format easy-VQA, test split")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -160,11 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
                                      for q, b, a in zip(DEMO_HELD_OUT, answers["before"], answers["after"])],
                "trainable_params": counts["trainable"], "steps": args.steps, "settings": vars(args),
                "seconds": round(time.time() - started, 1)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    chart(results["before"], results["after"], out / "accuracy.png")
-
     test_pids = datamodule.split_pids("test")
     chance = 100 * sum(1 / len(datamodule.problems[p]["choices"]) for p in test_pids) / len(test_pids)
+    metrics["chance"] = round(chance, 2)
+    write_json(out / "metrics.json", metrics)
+    chart(results["before"], results["after"], chance, out / "accuracy.png")
+
     print("\nScienceQA-format easy-VQA test accuracy (%), "
           f"{results['after']['counts']['total']} problems (chance: {chance:.1f}):")
     print(f"{'':8}" + "".join(f"{short:>8}" for _, short in CATEGORIES) + f"{'unparsed':>10}")

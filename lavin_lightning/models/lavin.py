@@ -134,11 +134,10 @@ class LaVINModel(nn.Module):
             head = [self.modality(has_image[b : b + 1]).to(token_embeds.dtype)] if self.modality is not None else []
             rows.append(torch.cat(head + [token_embeds[b, :lead]] + inserted + [token_embeds[b, lead:n]]))
             if labels is not None:
-                # Everything but the answer (and EOS) is ignored: modality token, prefix, visual slots.
-                n_ignored = len(head) + sum(part.shape[0] for part in inserted)
-                ignore = labels.new_full((n_ignored,), IGNORE_INDEX)
-                row_labels.append(torch.cat([ignore, labels[b, :n]]) if lead == 0 else
-                                  torch.cat([labels[b, :lead], ignore, labels[b, lead:n]]))
+                # Only answer tokens (and EOS) count: modality token, BOS, prefix and visual
+                # slots are ignored.
+                n_ignored = len(head) + lead + sum(part.shape[0] for part in inserted)
+                row_labels.append(torch.cat([labels.new_full((n_ignored,), IGNORE_INDEX), labels[b, lead:n]]))
         length = max(r.shape[0] for r in rows)
         embeds = token_embeds.new_zeros(len(rows), length, token_embeds.shape[-1])
         valid = torch.zeros(len(rows), length, dtype=torch.bool, device=input_ids.device)
