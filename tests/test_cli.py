@@ -55,6 +55,11 @@ def test_fit_export_test_score_and_wandb(easy_vqa_root, tmp_path, monkeypatch):
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert {k: scores[k] for k in OFFICIAL_KEYS} == {k: metrics[k] for k in OFFICIAL_KEYS}
 
+    main(["predict", *common, f"--model.init_args.adapter_path={adapter}"])
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["pid"] for line in lines] == sorted(predictions["results"], key=int)
+    wandb.finish()
+
     # W&B offline runs: one for fit (loss, lr), one for test (accuracies, predictions table).
     records = b"".join(p.read_bytes() for p in (run / "wandb").glob("offline-run-*/run-*.wandb"))
     for key in (b"train/loss", b"lr-AdamW", b"test/acc_average", b"test/predictions", b"trainable_params"):

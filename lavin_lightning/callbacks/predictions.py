@@ -1,0 +1,40 @@
+"""Write what `predict_step` generates to `predictions.jsonl`, one line per sample, on rank 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.distributed as dist
+from lightning.pytorch import Callback
+
+from lavin_lightning.io import atomic_write
+
+
+class WritePredictions(Callback):
+    """`lavin-lightning predict` output: `{"pid": ..., "text": ...}` per line.
+
+    Args:
+        output_dir: where predictions.jsonl goes (default: the trainer's default_root_dir).
+    """
+
+    def __init__(self, output_dir: str | None = None):
+        self.output_dir = output_dir
+        self.rows: list[dict] = []
+
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        self.rows = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.rows += [{"pid": pid, "text": text} for pid, text in zip(outputs["pids"], outputs["texts"])]
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        rows = self.rows
+        if dist.is_available() and dist.is_initialized():
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, rows)
+            rows = list({row["pid"]: row for part in parts for row in part}.values())  # sampler padding
+        if trainer.is_global_zero:
+            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            path = Path(self.output_dir or trainer.default_root_dir) / "predictions.jsonl"
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
