@@ -30,6 +30,7 @@ from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule
 from data_modules.prompts import parse_prompt_format, scienceqa_prompt
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.io import read_json
+from lavin_lightning.metrics.scienceqa import load_problems
 
 log = logging.getLogger(__name__)
 
@@ -326,10 +327,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
         """Read problems.json, pid_splits.json (and captions.json); idempotent."""
         if self.problems is not None:
             return
-        problems_path = self.data_root / "problems.json"
-        problems = read_json(problems_path, f"the ScienceQA problems; {_LAYOUT}")
-        if not isinstance(problems, dict):
-            raise DataError(f"{problems_path}: expected an object {{pid: problem}}; {_LAYOUT}")
+        problems = load_problems(self.data_root)  # the scorer's reader: same checks, same errors
         splits_path = self.data_root / "pid_splits.json"
         splits = read_json(splits_path, f"the ScienceQA split lists; {_LAYOUT}")
         if not isinstance(splits, dict):
