@@ -256,3 +256,15 @@ def test_vocabulary_logits_only_at_supervised_positions(make_tiny_lavin):
     finally:
         hook.remove()
     assert rows == [int((batch["labels"] != -100).sum())]  # answer + EOS tokens, nothing else
+
+
+def test_sample_routing_mixes_expert_weights_like_mixing_outputs():
+    adapter = RepAdapterRouter(16, adapter_dim=8, routing="sample", dropout=0.0)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.normal_()
+    x = torch.randn(3, 5, 16)
+    weights = adapter.routing_weights(x)
+    hidden = adapter.down(x)
+    expected = x + weights[..., :1] * adapter.up_experts[0](hidden) + weights[..., 1:] * adapter.up_experts[1](hidden)
+    torch.testing.assert_close(adapter(x), expected)
