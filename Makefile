@@ -52,18 +52,25 @@ smoke: install ## fit + test the tiny config on CPU (builds the easy-VQA data fi
 lint: install ## static checks
 	$(BIN)/ruff check lavin_lightning data_modules tests benchmarks
 
-reproduce-table-1: install ## LaVIN Table 1 rows: fit, test, print metrics (GPUs, LLaMA + CLIP weights, ScienceQA)
-	@for row in sqa_lavin_7b sqa_lavin_13b; do \
-	  base=experiments/base/trainer_ddp.yaml; [[ $$row == *13b* ]] && base=experiments/base/trainer_fsdp.yaml; \
-	  cfg="--config $$base --config experiments/base/wandb.yaml --config experiments/lavin/$$row.yaml"; \
+# Rows of a table stack configs on the 7B/13B rows (each file's `# extends:` header says on what).
+L := experiments/lavin
+T1_sqa_lavin_7b := $(L)/sqa_lavin_7b.yaml
+T1_sqa_lavin_13b := $(L)/sqa_lavin_13b.yaml
+T1_sqa_lavin_13b_40ep := $(L)/sqa_lavin_13b.yaml $(L)/sqa_lavin_13b_40ep.yaml
+
+reproduce-table-1: install ## LaVIN Table 1: fit + test every row, then paper vs measured (GPUs, weights, ScienceQA)
+	@for row in sqa_lavin_7b sqa_lavin_13b sqa_lavin_13b_40ep; do \
+	  case $$row in sqa_lavin_7b) stack="$(T1_sqa_lavin_7b)"; base=experiments/base/trainer_ddp.yaml;; \
+	    sqa_lavin_13b) stack="$(T1_sqa_lavin_13b)"; base=experiments/base/trainer_fsdp.yaml;; \
+	    sqa_lavin_13b_40ep) stack="$(T1_sqa_lavin_13b_40ep)"; base=experiments/base/trainer_fsdp.yaml;; esac; \
+	  cfg="--config $$base --config experiments/base/wandb.yaml"; \
+	  for f in $$stack; do cfg="$$cfg --config $$f"; done; \
 	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/$$row || exit 1; \
 	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/$$row \
 	    --model.init_args.adapter_path runs/$$row/adapter || exit 1; \
-	  echo "$$row: runs/$$row/metrics.json"; grep -E '"acc_(average|natural|social|language)"' runs/$$row/metrics.json; \
 	done
+	$(BIN)/lavin-lightning table lavin-table1 --runs runs
 
-# Table 2 rows stack on the 7B row (each file's `# extends:` header says on what).
-L := experiments/lavin
 T2_text_only_captions := $(L)/sqa_lavin_7b.yaml $(L)/ablation_text_only_captions.yaml
 T2_vision_modality := $(L)/sqa_lavin_7b.yaml $(L)/ablation_vision_modality.yaml
 T2_joint_optimisation := $(T2_vision_modality) $(L)/ablation_joint_optimisation.yaml

@@ -4,6 +4,7 @@
     lavin-lightning params --config A.yaml [--json]     parameter counts, built on the meta device
     lavin-lightning score scienceqa --data-root DIR --predictions FILE [--split test] [--output FILE]
     lavin-lightning prepare easy-vqa --out DIR          the embedded ScienceQA-format data set
+    lavin-lightning table lavin-table1 [--runs runs]    paper values next to measured ones
     lavin-lightning demo [--steps N]                    the main job on the embedded default
 """
 
@@ -130,13 +131,20 @@ def prepare_main(argv: list[str]) -> None:
     easy_vqa_main(argv[1:])
 
 
+def table_main(argv: list[str]) -> None:
+    from lavin_lightning.tables import main as table
+
+    table(argv)
+
+
 def demo_main(argv: list[str]) -> None:
     from lavin_lightning.demo import main as run_demo
 
     run_demo(argv)
 
 
-COMMANDS = {"params": params_main, "score": score_main, "prepare": prepare_main, "demo": demo_main}
+COMMANDS = {"params": params_main, "score": score_main, "prepare": prepare_main, "table": table_main,
+            "demo": demo_main}
 
 
 def main(argv: list[str] | None = None) -> None:
