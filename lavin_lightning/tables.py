@@ -13,10 +13,9 @@ from pathlib import Path
 
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import read_json
+from lavin_lightning.metrics.scienceqa import PAPER_LABELS
 
-SCIENCEQA_COLUMNS = [("acc_natural", "NAT"), ("acc_social", "SOC"), ("acc_language", "LAN"),
-                     ("acc_has_text", "TXT"), ("acc_has_image", "IMG"), ("acc_no_context", "NO"),
-                     ("acc_grade_1_6", "G1-6"), ("acc_grade_7_12", "G7-12"), ("acc_average", "Avg")]
+SCIENCEQA_COLUMNS = list(PAPER_LABELS.items())
 
 # LaVIN (Luo et al., NeurIPS 2023), Table 1: ScienceQA test accuracy (%). `run` is the
 # default_root_dir name that `make reproduce-table-1` uses.

@@ -11,6 +11,20 @@ from lightning.pytorch import Callback
 from lavin_lightning.io import atomic_write
 
 
+def gather_by_pid(records: list[dict]) -> list[dict]:
+    """All processes' records, each pid once (DistributedSampler repeats samples to pad the
+    last batch; the first copy is kept). Without a process group: the records as they are."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return records
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, records)
+    merged: dict = {}
+    for part in parts:
+        for record in part:
+            merged.setdefault(record["pid"], record)
+    return list(merged.values())
+
+
 class WritePredictions(Callback):
     """`lavin-lightning predict` output: `{"pid": ..., "text": ...}` per line.
 
@@ -29,11 +43,7 @@ class WritePredictions(Callback):
         self.rows += [{"pid": pid, "text": text} for pid, text in zip(outputs["pids"], outputs["texts"])]
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
-        rows = self.rows
-        if dist.is_available() and dist.is_initialized():
-            parts: list = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, rows)
-            rows = list({row["pid"]: row for part in parts for row in part}.values())  # sampler padding
+        rows = gather_by_pid(self.rows)
         if trainer.is_global_zero:
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             path = Path(self.output_dir or trainer.default_root_dir) / "predictions.jsonl"

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch.distributed as dist
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from lavin_lightning.callbacks.predictions import gather_by_pid
 from lavin_lightning.io import write_json
 from lavin_lightning.metrics.scienceqa import score_scienceqa
 
@@ -44,23 +44,11 @@ class ScienceQAEvaluation(Callback):
             self.records.append({"pid": pid, "text": outputs["texts"][i], "pred": outputs["preds"][i],
                                  "guessed": bool(outputs.get("guessed", [False] * len(outputs["pids"]))[i])})
 
-    def _gather(self) -> list[dict]:
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.records
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, self.records)
-        # DistributedSampler pads the last batch with repeats: keep the first of each pid.
-        merged = {}
-        for part in parts:
-            for record in part:
-                merged.setdefault(record["pid"], record)
-        return list(merged.values())
-
     def output_path(self, trainer) -> Path:
         return Path(self.output_dir or trainer.default_root_dir)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        records = self._gather()
+        records = gather_by_pid(self.records)
         if not trainer.is_global_zero:
             return
         problems = trainer.datamodule.problems

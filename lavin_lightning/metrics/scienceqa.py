@@ -21,6 +21,7 @@ from lavin_lightning.io import read_json, write_json
 __all__ = [
     "ANSWER_PATTERN",
     "OFFICIAL_KEYS",
+    "PAPER_LABELS",
     "extract_answer",
     "extract_answer_or_random",
     "load_predictions",
@@ -63,6 +64,8 @@ _CATEGORIES = {
     "acc_average": lambda p: True,
 }
 OFFICIAL_KEYS = tuple(_CATEGORIES)
+# The column labels papers print for the official keys (LaVIN Table 1), in the same order.
+PAPER_LABELS = dict(zip(OFFICIAL_KEYS, ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg")))
 
 # How many pids an error message lists before saying "...".
 _SHOW = 5
