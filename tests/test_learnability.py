@@ -55,9 +55,9 @@ def letter_predictions(module, batch) -> list[int]:
               "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])}
     model = module.model
     with torch.no_grad():
-        embeds, valid, _ = model.build_inputs(forced)
+        embeds, valid, _ = model.prepare(forced)
         positions = torch.arange(embeds.shape[1]).expand(embeds.shape[0], -1)
-        hidden = model._run_llm(embeds, valid, positions, embeds.shape[1])
+        hidden = model.run_llm(embeds, valid, positions, embeds.shape[1])
         last = hidden[torch.arange(len(rows)), valid.sum(1) - 1]
         logits = model.llm.lm_head(last)[:, letters]
     return logits.argmax(dim=-1).tolist()

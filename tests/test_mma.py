@@ -55,9 +55,9 @@ def perturb_adapters(module, std=0.3, seed=1):
 
 
 def llm_hidden(model, batch):
-    embeds, valid, _ = model.build_inputs(batch)
+    embeds, valid, _ = model.prepare(batch)
     positions = torch.arange(embeds.shape[1]).expand(embeds.shape[0], -1)
-    return model._run_llm(embeds, valid, positions, embeds.shape[1]), valid
+    return model.run_llm(embeds, valid, positions, embeds.shape[1]), valid
 
 
 # -- building blocks ---------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_identity_at_init(make_tiny_lavin):
     base_llm = copy.deepcopy(model.llm)
     for layer in base_llm.model.layers:  # unwrap: the bare backbone
         layer.input_layernorm = layer.input_layernorm.norm
-    embeds, valid, _ = model.build_inputs(batch)
+    embeds, valid, _ = model.prepare(batch)
     positions = torch.arange(embeds.shape[1]).expand(embeds.shape[0], -1)
     mask = model.attention_mask(valid, embeds.shape[1], embeds.dtype)
     adapted = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
@@ -146,7 +146,7 @@ def test_sequence_layout_labels_and_mask(make_tiny_lavin):
     module = make_tiny_lavin()
     model = module.model
     batch = make_batch(module.tokenizer)
-    embeds, valid, labels = model.build_inputs(batch)
+    embeds, valid, labels = model.prepare(batch)
     n_visual = model.num_visual_tokens
     text_lengths = batch["attention_mask"].sum(1)
     prefix = {True: len(model.image_prefix_ids) + n_visual, False: len(model.text_prefix_ids)}
@@ -183,7 +183,7 @@ def test_routing_differs_between_modalities_and_is_constant_within_a_sample(make
     module = make_tiny_lavin()
     perturb_adapters(module)
     batch = make_batch(module.tokenizer, has_image=(True, False, True))
-    embeds, valid, _ = module.model.build_inputs(batch)
+    embeds, valid, _ = module.model.prepare(batch)
     router = module.model.llm.model.layers[1].input_layernorm.adapter
     seen = []
     hook = router.register_forward_hook(lambda mod, args, out: seen.append(mod.routing_weights(args[0])))
