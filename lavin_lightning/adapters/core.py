@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -22,7 +23,67 @@ from lavin_lightning.errors import ConfigError
 
 
 class AdapterModule(nn.Module):
-    """Base class of every injected or added module whose parameters are trained."""
+    """Base class of every injected or added module whose parameters are trained.
+
+    `active` False makes the seam that calls the module behave as the frozen backbone
+    (`adapters_disabled`). `memo` keeps values that stay constant during one generation
+    (e.g. prompt keys) when a `decoding_cache` is open, and recomputes them otherwise.
+    """
+
+    active: bool = True
+    _memo: dict | None = None
+
+    def memo(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self._memo is None:
+            return compute()
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+
+def _adapter_modules(model: nn.Module) -> list[AdapterModule]:
+    return [m for m in model.modules() if isinstance(m, AdapterModule)]
+
+
+@contextmanager
+def decoding_cache(model: nn.Module) -> Iterator[None]:
+    """Adapters keep per-generation constants (`AdapterModule.memo`) until the block exits."""
+    modules = _adapter_modules(model)
+    for module in modules:
+        module._memo = {}
+    try:
+        yield
+    finally:
+        for module in modules:
+            module._memo = None
+
+
+def peft_layers(model: nn.Module) -> list[nn.Module]:
+    # peft's own tuner layers (LoRA, ...); checked by module path so that models without
+    # peft layers never import peft.
+    layers = [m for m in model.modules() if type(m).__module__.startswith("peft.")]
+    if not layers:
+        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in layers if isinstance(m, BaseTunerLayer)]
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Run `model` as its frozen backbone: every adapter seam passes through."""
+    modules, lora_layers = _adapter_modules(model), peft_layers(model)
+    for module in modules:
+        module.active = False
+    for layer in lora_layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.active = True
+        for layer in lora_layers:
+            layer.enable_adapters(True)
 
 
 class NormThenAdapter(nn.Module):
@@ -39,6 +100,8 @@ class NormThenAdapter(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         normed = self.norm(hidden_states)
+        if not self.adapter.active:
+            return normed
         dtype = next(self.adapter.parameters()).dtype
         return self.adapter(normed.to(dtype)).to(normed.dtype)
 
@@ -111,10 +174,16 @@ def wrap_norms(
 
 
 def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """All parameters owned by `AdapterModule`s, by full name (outermost module wins)."""
+    """All parameters owned by `AdapterModule`s (outermost module wins) and by the adapter
+    layers that peft tuner layers declare (`adapter_layer_names`), by full name."""
     params: dict[str, nn.Parameter] = {}
     covered: list[str] = []
+    tuner_layers = set(map(id, peft_layers(model)))
     for name, module in model.named_modules():
+        if id(module) in tuner_layers:
+            for attr in module.adapter_layer_names:
+                params.update(getattr(module, attr).named_parameters(prefix=f"{name}.{attr}"))
+            continue
         if not isinstance(module, AdapterModule):
             continue
         if any(name.startswith(prefix + ".") for prefix in covered):
@@ -123,6 +192,36 @@ def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
         for pname, param in module.named_parameters(prefix=name):
             params[pname] = param
     return params
+
+
+def use_attention_function(llm: nn.Module, name: str, function: Callable) -> str:
+    """Route every attention call of a transformers model through `function`.
+
+    Registered under `name` in transformers' AttentionInterface (at injection, not at
+    import). The implementation the model used before stays in the model's config as
+    `base_attn_implementation`; `function` calls it (`base_attention`) for the unmodified
+    part of attention, so an adapter with a zero gate reproduces the backbone exactly."""
+    from transformers import AttentionInterface
+
+    base = llm.config._attn_implementation or "eager"
+    if base == name:
+        raise ConfigError(f"attention function {name!r} is already in use: inject once per model")
+    if "flash" in base:
+        raise ConfigError(f"{name} adds scores or outputs to attention, which {base!r} cannot take; "
+                          "load the model with attn_implementation 'sdpa' or 'eager'")
+    AttentionInterface.register(name, function)
+    llm.config.base_attn_implementation = base
+    llm.config._attn_implementation = name
+    return base
+
+
+def base_attention(module: nn.Module) -> Callable:
+    """The backbone's own attention function for an attention module (see above)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    name = getattr(module.config, "base_attn_implementation", "eager")
+    return eager_attention_forward if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
 
 
 def mark_only_adapters_trainable(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -32,10 +32,11 @@ NAMED_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
                           projection_dim=512, **_CLIP_COMMON),
     # The demo tower: matches easy-vqa's 64x64 images.
     "clip-small-64": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                          num_attention_heads=4, patch_size=8, image_size=64, **_CLIP_COMMON),
+                          num_attention_heads=4, patch_size=8, image_size=64, projection_dim=128,
+                          **_CLIP_COMMON),
     # Tests.
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=2, patch_size=8, image_size=32, **_CLIP_COMMON),
+                 num_attention_heads=2, patch_size=8, image_size=32, projection_dim=24, **_CLIP_COMMON),
 }
 
 # Where the real weights of a named config live on the Hugging Face hub (for error messages).
@@ -63,12 +64,16 @@ class VisionSpec:
             `model_name` plus timm.create_model keyword arguments (always needed for timm).
         cls_every: take the [CLS] token after layers k, 2k, ..., N (LaVIN: 4, which gives
             6 visual tokens for the 24 layers of ViT-L/14). Must divide the layer count.
+        projection: clip only: also load CLIP's output projection (`visual_projection`,
+            e.g. 1024 -> 768 for ViT-L/14), applied by `token_features` (LLaMA-Excitor's
+            D = 768 image tokens).
     """
 
     kind: str = "clip"
     path: str | None = None
     config: str | dict | None = None
     cls_every: int = 4
+    projection: bool = False
 
     @property
     def backbone_id(self) -> str:
@@ -129,6 +134,15 @@ class VisionEncoder(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def token_width(self) -> int:
+        """Width of `token_features`."""
+        return self.width
+
+    def token_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + patches, token_width): every token of the last layer after the final norm."""
+        raise NotImplementedError
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.cls_features(pixel_values)
 
@@ -153,6 +167,21 @@ class CLIPVisionEncoder(VisionEncoder):
                 features.append(hidden[:, 0])
         return torch.stack(features, dim=1)
 
+    @property
+    def token_width(self) -> int:
+        projection = getattr(self, "projection", None)
+        return projection.out_features if projection is not None else self.width
+
+    def token_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # OpenAI CLIP's ln_post and proj over all tokens, as LLaMA-Adapter V2's clip_encode_image.
+        model = self.model
+        hidden = model.pre_layrnorm(model.embeddings(pixel_values))
+        for layer in model.encoder.layers:
+            hidden = layer(hidden, None)
+        hidden = model.post_layernorm(hidden)
+        projection = getattr(self, "projection", None)
+        return projection(hidden) if projection is not None else hidden
+
 
 class TimmVisionEncoder(VisionEncoder):
     """A `timm` VisionTransformer with a class token (position 0)."""
@@ -174,6 +203,9 @@ class TimmVisionEncoder(VisionEncoder):
             output_dict=True,
         )
         return torch.stack([prefix[:, 0] for prefix in out["image_intermediates_prefix"]], dim=1)
+
+    def token_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(pixel_values)  # all tokens after the final norm
 
 
 # -- building -----------------------------------------------------------------------------
@@ -272,21 +304,30 @@ def _clip_config(spec: VisionSpec):
 
 
 def _build_clip(spec: VisionSpec, dtype: torch.dtype) -> CLIPVisionEncoder:
-    from transformers import CLIPVisionModel
+    from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 
     config = _clip_config(spec)
     check_cls_every(spec.cls_every, config.num_hidden_layers)  # before reading any weights
+    model_class = CLIPVisionModelWithProjection if spec.projection else CLIPVisionModel
     if spec.path and not _counting_only():
         # use_safetensors: never unpickle a .bin; local_files_only: never touch the hub.
-        model = CLIPVisionModel.from_pretrained(_clip_directory(spec), local_files_only=True,
-                                                use_safetensors=True, dtype=dtype)
+        model = model_class.from_pretrained(_clip_directory(spec), local_files_only=True,
+                                            use_safetensors=True, dtype=dtype)
     else:
-        model = CLIPVisionModel(config).to(dtype)
+        model = model_class(config).to(dtype)
     config = model.config
+    projection = None
+    if spec.projection:
+        model, projection = model.vision_model, model.visual_projection
     arch = {"kind": "clip", **{f: getattr(config, f) for f in _CLIP_ARCH_FIELDS}}
-    return CLIPVisionEncoder(model, width=config.hidden_size, num_layers=config.num_hidden_layers,
-                             image_size=config.image_size, cls_every=spec.cls_every,
-                             backbone_id=spec.backbone_id, arch=arch)
+    if projection is not None:
+        arch["projection_dim"] = projection.out_features
+    encoder = CLIPVisionEncoder(model, width=config.hidden_size, num_layers=config.num_hidden_layers,
+                                image_size=config.image_size, cls_every=spec.cls_every,
+                                backbone_id=spec.backbone_id, arch=arch)
+    if projection is not None:
+        encoder.projection = projection.requires_grad_(False)
+    return encoder
 
 
 # -- timm ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ and validation loss, generation for test (ScienceQA answers) and predict.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from lavin_lightning.adapters.core import decoding_cache
 from lavin_lightning.backbones.llama import LLMSpec, load_causal_lm, load_tokenizer
 from lavin_lightning.backbones.vision import VisionSpec, build_vision_encoder
 from lavin_lightning.errors import ConfigError
@@ -96,7 +97,7 @@ class AdaptedCausalLM(nn.Module):
 
     def decoding(self) -> contextlib.AbstractContextManager:
         """Caches valid for one generation (prefill + decode steps)."""
-        return contextlib.nullcontext()
+        return decoding_cache(self)
 
     def attention_mask(self, valid: torch.Tensor, num_queries: int, dtype: torch.dtype) -> torch.Tensor:
         """Float mask (B,1,Q,K) for the last Q of K positions: causal and no padded keys.
@@ -183,6 +184,18 @@ class AdaptedCausalLM(nn.Module):
                     last = self.run_llm(embeds, valid, positions, embeds.shape[1])[:, -1]
         tokens = torch.stack(out, dim=1).tolist()
         return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in tokens]
+
+
+@contextlib.contextmanager
+def adapters_holding(modules: list[nn.Module], attribute: str, value) -> Iterator[None]:
+    """Give `modules` a per-batch `attribute` (e.g. image features) for the block's duration."""
+    for module in modules:
+        setattr(module, attribute, value)
+    try:
+        yield
+    finally:
+        for module in modules:
+            setattr(module, attribute, None)
 
 
 def _float_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

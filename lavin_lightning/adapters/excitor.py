@@ -1,0 +1,201 @@
+"""LLaMA-Excitor (Zou et al., CVPR 2024): learnable prompts that reshape attention scores.
+
+Per adapted layer l, with T the layer's normed attention input (what W_q/W_k/W_v read):
+
+    S_exc     = W_q^exc(T) P^T / sqrt(C)                  W_q^exc: C -> r -> C (low rank)
+    Key_extra = softmax_K(S_exc) P                        (M x C), one row per token
+    S_extra   = Q Key_extra^T / sqrt(d_head)              per head, same shape as S
+    attention = softmax(S + g * S_extra + mask) V         ONE softmax; V untouched
+
+Multimodal (Eqs. 8-9): keys [P; W_k^exc(I)] and values [P; W_v^exc(I)] over the image
+tokens I (low-rank D -> r -> C maps per layer), masked for samples without an image.
+
+Seams (no forward is rebound):
+* Key_extra depends on token j alone, so it is computed where T is at hand, next to K:
+  `ExcitorProjection` wraps the frozen k_proj and appends Key_extra as extra heads. The
+  backbone then applies RoPE to it with the token's position (option B of the spec) and
+  the KV cache stores it with the keys. With `rope_on_key_extra=False` the wrapper sits on
+  v_proj instead, whose outputs are never rotated (option A, LLaMA-Adapter's convention).
+* `excitor_attention` (registered in transformers' AttentionInterface) splits the extra
+  heads off, turns g * S_extra into an additive score bias and calls the backbone's own
+  attention function with it: with g = 0 the bias is exactly zero and so is the change.
+The parameters of layer l live in `self_attn.{k,v}_proj.excitor` of that layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lavin_lightning.adapters.core import (
+    AdapterModule,
+    base_attention,
+    match_modules,
+    replace_module,
+    use_attention_function,
+)
+from lavin_lightning.adapters.llama_adapter import top_layers
+from lavin_lightning.errors import ConfigError
+
+ATTENTION_FUNCTION = "lavin_lightning_excitor"
+ATTENTION_MODULES = r"model\.layers\.(\d+)\.self_attn"
+
+
+@dataclass
+class ExcitorConfig:
+    """LLaMA-Excitor settings. The paper leaves these open; the defaults follow the spec's
+    recommendations (docs/faithfulness.md gives the reasons).
+
+    Args:
+        layers: number of topmost layers with an Excitor block (paper: 30 of 32).
+        prompt_length: prompts per layer K (paper's literal "L = 30"; LLaMA-Adapter uses 10).
+        rank: rank r of the low-rank Excitor query W_q^exc (and of the visual maps).
+        gate_init_std: std of the gate's normal init; the paper's "N(0, 1e-2)" read as
+            variance 1e-2 -> std 0.1 (0.01 is the other reading).
+        gate_per_head: one gate per attention head (True) or one per layer.
+        extra_scale: scaling of S_extra: "head_dim" (1/sqrt(d_head), the scale of S) or
+            "hidden" (1/sqrt(C), the paper's notation).
+        rope_on_key_extra: rotate Key_extra with its token's position (option B) or not
+            (option A, as LLaMA-Adapter treats prompts).
+        excitor_heads: heads of the Excitor softmax over prompts; 1 = single head over C
+            with 1/sqrt(C) as in Eq. 6.
+        prompt_init_std: std of the prompts' normal init (nn.Embedding's default, 1).
+    """
+
+    layers: int = 30
+    prompt_length: int = 30
+    rank: int = 16
+    gate_init_std: float = 0.1
+    gate_per_head: bool = True
+    extra_scale: str = "head_dim"
+    rope_on_key_extra: bool = True
+    excitor_heads: int = 1
+    prompt_init_std: float = 1.0
+
+    def __post_init__(self):
+        if self.extra_scale not in ("head_dim", "hidden"):
+            raise ConfigError(f"ExcitorConfig.extra_scale must be 'head_dim' or 'hidden', got {self.extra_scale!r}")
+        if min(self.layers, self.prompt_length, self.rank, self.excitor_heads) < 1:
+            raise ConfigError(f"ExcitorConfig sizes must be >= 1, got {self}")
+
+
+class LowRank(nn.Module):
+    """x -> up(down(x)), no bias; `up` starts at zero (LoRA-style)."""
+
+    def __init__(self, in_features: int, rank: int, out_features: int):
+        super().__init__()
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=False)
+        if self.up.weight.device.type != "meta":
+            nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class ExcitorBlock(AdapterModule):
+    """One layer's prompts, low-rank Excitor query, gate and (multimodal) visual maps."""
+
+    def __init__(self, config: ExcitorConfig, width: int, num_heads: int, visual_width: int | None = None):
+        super().__init__()
+        if width % config.excitor_heads:
+            raise ConfigError(f"excitor_heads {config.excitor_heads} does not divide the width {width}")
+        self.prompt = nn.Parameter(torch.empty(config.prompt_length, width))
+        self.query = LowRank(width, config.rank, width)
+        self.gate = nn.Parameter(torch.empty(num_heads if config.gate_per_head else 1))
+        if visual_width is not None:
+            self.visual_key = LowRank(visual_width, config.rank, width)
+            self.visual_value = LowRank(visual_width, config.rank, width)
+        if self.prompt.device.type != "meta":
+            nn.init.normal_(self.prompt, std=config.prompt_init_std)
+            nn.init.normal_(self.gate, std=config.gate_init_std)
+        self.heads = config.excitor_heads
+        self.extra_scale = config.extra_scale
+        # Per batch (multimodal): image tokens (B, V, D) and which samples have an image.
+        self.visual: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _keys_values(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Excitor keys and values (1 or B, K[+V], C) and an additive mask for the visual rows."""
+        prompt = self.prompt[None]
+        if self.visual is None or not hasattr(self, "visual_key"):
+            return prompt, prompt, None
+        tokens, has_image = self.visual
+        tokens = tokens.to(self.prompt.dtype)
+        batch = tokens.shape[0]
+        keys = torch.cat([prompt.expand(batch, -1, -1), self.visual_key(tokens)], dim=1)
+        values = torch.cat([prompt.expand(batch, -1, -1), self.visual_value(tokens)], dim=1)
+        blocked = torch.zeros(batch, keys.shape[1], dtype=keys.dtype, device=keys.device)
+        blocked[~has_image, prompt.shape[1]:] = torch.finfo(keys.dtype).min  # text-only: prompts only
+        return keys, values, blocked
+
+    def key_extra(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, C): Key_extra of every token of `tokens` (the normed layer input)."""
+        tokens = tokens.to(self.prompt.dtype)
+        batch, length, width = tokens.shape
+        # Constant during a generation: the visual keys/values are computed once per decode.
+        keys, values, blocked = self.memo("keys_values", self._keys_values)
+        head = width // self.heads
+        query = self.query(tokens).view(batch, length, self.heads, head).transpose(1, 2)  # (B, h, T, c)
+        keys = keys.view(keys.shape[0], -1, self.heads, head).transpose(1, 2)  # (1|B, h, K, c)
+        values = values.view(values.shape[0], -1, self.heads, head).transpose(1, 2)
+        scores = torch.matmul(query, keys.transpose(2, 3)) / math.sqrt(head)
+        if blocked is not None:
+            scores = scores + blocked[:, None, None, :]
+        extra = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, h, T, c)
+        return extra.transpose(1, 2).reshape(batch, length, width)
+
+
+class ExcitorProjection(nn.Module):
+    """A frozen k_proj (or v_proj) whose output carries Key_extra as extra heads."""
+
+    def __init__(self, base_layer: nn.Linear, excitor: ExcitorBlock):
+        super().__init__()
+        self.base_layer = base_layer
+        self.excitor = excitor
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(hidden_states)
+        if not self.excitor.active:
+            return out
+        return torch.cat([out, self.excitor.key_extra(hidden_states).to(out.dtype)], dim=-1)
+
+
+def excitor_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """softmax(S + g * S_extra + mask) V through the backbone's own attention function."""
+    attend = base_attention(module)
+    n_kv = module.config.num_key_value_heads
+    carrier = "key" if key.shape[1] > n_kv else "value" if value.shape[1] > n_kv else None
+    if carrier is None:  # a layer without Excitor, or adapters disabled
+        return attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if carrier == "key":
+        key, key_extra = key[:, :n_kv], key[:, n_kv:]
+    else:
+        value, key_extra = value[:, :n_kv], value[:, n_kv:]
+    excitor: ExcitorBlock = getattr(module, f"{'k' if carrier == 'key' else 'v'}_proj").excitor
+    scale = scaling if excitor.extra_scale == "head_dim" else module.config.hidden_size ** -0.5
+    extra_scores = torch.matmul(query, key_extra.transpose(2, 3)) * scale  # (B, H, Q, K): H query heads
+    bias = excitor.gate.to(query.dtype)[None, :, None, None] * extra_scores
+    mask = bias if attention_mask is None else attention_mask + bias
+    return attend(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+def inject_excitor(llm: nn.Module, config: ExcitorConfig, visual_width: int | None = None) -> list[str]:
+    """Put an Excitor block into the attention of the top `config.layers` layers."""
+    names = match_modules(llm, ATTENTION_MODULES, top_layers(llm, config.layers))
+    lm_config = llm.config
+    head_dim = getattr(lm_config, "head_dim", None) or lm_config.hidden_size // lm_config.num_attention_heads
+    if lm_config.hidden_size != lm_config.num_attention_heads * head_dim:
+        raise ConfigError("Excitor splits Key_extra (width C) into the query heads: needs C = heads x head_dim")
+    use_attention_function(llm, ATTENTION_FUNCTION, excitor_attention)
+    carrier = "k_proj" if config.rope_on_key_extra else "v_proj"
+    for name in names:
+        attention = llm.get_submodule(name)
+        base = getattr(attention, carrier)
+        block = ExcitorBlock(config, lm_config.hidden_size, lm_config.num_attention_heads, visual_width)
+        if base.weight.device.type != "meta":
+            block.to(base.weight.device)
+        replace_module(attention, carrier, ExcitorProjection(base, block))
+    return names

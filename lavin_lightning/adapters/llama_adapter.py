@@ -1,0 +1,128 @@
+"""LLaMA-Adapter v1 (Zhang et al., 2023): zero-init attention, as the authors' code does it.
+
+In each of the top L layers, K learnable prompts P_l pass through the layer's *frozen*
+W_k / W_v (no RoPE) and form a second attention branch with its own softmax; a per-head
+gate g, zero at init, scales it through tanh:
+
+    out = softmax(Q K_tok^T / sqrt(d) + mask) V_tok  +  tanh(g) * softmax(Q (W_k P)^T / sqrt(d)) W_v P
+
+The first term is the backbone's own attention (same function, same arithmetic), so with
+g = 0 the model is the backbone exactly. The prompts and the gate of a layer are owned by
+its attention module (`self_attn.adaption_prompt`); `llama_adapter_attention` is registered
+in transformers' AttentionInterface and reads them from the module it is called with.
+
+Multimodal v1 (ScienceQA): the [CLS] features of several ViT layers, concatenated and
+projected to the LLM width, are added to every prompt of every adapted layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.integrations.sdpa_attention import repeat_kv
+
+from lavin_lightning.adapters.core import AdapterModule, base_attention, match_modules, use_attention_function
+from lavin_lightning.errors import ConfigError
+
+ATTENTION_FUNCTION = "lavin_lightning_llama_adapter"
+ATTENTION_MODULES = r"model\.layers\.(\d+)\.self_attn"
+
+
+@dataclass
+class LlamaAdapterConfig:
+    """LLaMA-Adapter v1 settings (defaults: the release, `alpaca_finetuning_v1`).
+
+    Args:
+        layers: number of topmost layers that get prompts (L; 30 of LLaMA-7B's 32).
+        prompt_length: prompts per layer (K).
+        prompt_init_std: std of the prompts' normal init (the release's nn.Embedding: 1).
+    """
+
+    layers: int = 30
+    prompt_length: int = 10
+    prompt_init_std: float = 1.0
+
+    def __post_init__(self):
+        if self.layers < 1 or self.prompt_length < 1:
+            raise ConfigError(f"LlamaAdapterConfig needs layers >= 1 and prompt_length >= 1, got {self}")
+
+
+def top_layers(llm: nn.Module, count: int) -> list[int]:
+    """Indices of the topmost `count` decoder layers."""
+    total = llm.config.num_hidden_layers
+    if not 1 <= count <= total:
+        raise ConfigError(f"asked for prompts in the top {count} layers but the model has {total}")
+    return list(range(total - count, total))
+
+
+class AdaptionPrompt(AdapterModule):
+    """One layer's prompts (K, C) and zero-initialised per-head gate (H,)."""
+
+    def __init__(self, prompt_length: int, width: int, num_heads: int, init_std: float):
+        super().__init__()
+        self.prompt = nn.Parameter(torch.empty(prompt_length, width))
+        self.gate = nn.Parameter(torch.zeros(num_heads))
+        if self.prompt.device.type != "meta":
+            nn.init.normal_(self.prompt, std=init_std)
+        self.visual: torch.Tensor | None = None  # (B, C) per batch, set by `VisualPromptBias`
+
+    def prompts(self) -> torch.Tensor:
+        """(1 or B, K, C): the prompts, plus the batch's projected image features if any."""
+        if self.visual is None:
+            return self.prompt[None]
+        return self.prompt[None] + self.visual[:, None].to(self.prompt.dtype)
+
+
+class VisualPromptBias(AdapterModule):
+    """Multimodal v1: concatenated multi-scale [CLS] features -> Linear -> added to prompts."""
+
+    def __init__(self, feature_width: int, num_features: int, width: int):
+        super().__init__()
+        self.proj = nn.Linear(feature_width * num_features, width)
+
+    def forward(self, features: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        """(B, C); zero for samples without an image."""
+        bias = self.proj(features.flatten(1).to(self.proj.weight.dtype))
+        full = bias.new_zeros(has_image.shape[0], bias.shape[-1])
+        return full.index_copy(0, has_image.nonzero().squeeze(-1), bias)
+
+
+def llama_adapter_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """The backbone's attention plus the gated prompt branch (separate softmax)."""
+    adapter: AdaptionPrompt | None = getattr(module, "adaption_prompt", None)
+    attend = base_attention(module)
+    out, weights = attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if adapter is None or not adapter.active:
+        return out, weights
+    head_dim = query.shape[-1]
+
+    def prompt_keys_values():
+        prompts = adapter.prompts().to(query.dtype)  # frozen W_k / W_v, no RoPE
+        n, length = prompts.shape[:2]
+        k = module.k_proj(prompts).view(n, length, -1, head_dim).transpose(1, 2)
+        v = module.v_proj(prompts).view(n, length, -1, head_dim).transpose(1, 2)
+        groups = module.num_key_value_groups
+        return repeat_kv(k, groups), repeat_kv(v, groups)
+
+    # Constant during a generation (same prompts, same images): computed once per decode.
+    prompt_k, prompt_v = adapter.memo("prompt_kv", prompt_keys_values)
+    scores = torch.matmul(query, prompt_k.transpose(2, 3)) * scaling  # (B, H, Q, K)
+    probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    gate = torch.tanh(adapter.gate).to(query.dtype)[None, :, None, None]
+    prompt_out = torch.matmul(gate * probs, prompt_v).transpose(1, 2)  # (B, Q, H, d), as `out`
+    return out + prompt_out, None
+
+
+def inject_llama_adapter(llm: nn.Module, config: LlamaAdapterConfig) -> list[str]:
+    """Attach an `AdaptionPrompt` to the attention of the top `config.layers` layers."""
+    names = match_modules(llm, ATTENTION_MODULES, top_layers(llm, config.layers))
+    use_attention_function(llm, ATTENTION_FUNCTION, llama_adapter_attention)
+    for name in names:
+        attention = llm.get_submodule(name)
+        ref = attention.q_proj.weight
+        prompt = AdaptionPrompt(config.prompt_length, llm.config.hidden_size, llm.config.num_attention_heads,
+                                config.prompt_init_std)
+        attention.adaption_prompt = prompt.to(ref.device) if ref.device.type != "meta" else prompt
+    return names

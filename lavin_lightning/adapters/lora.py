@@ -1,0 +1,74 @@
+"""LoRA (Hu et al., 2022) through the `peft` library, injected into the unmodified backbone.
+
+`peft.inject_adapter_in_model` replaces the targeted nn.Linear layers by peft's LoRA
+layers in place (the model stays a plain transformers model); the trainable set is what
+those layers declare as their adapter layers (see `adapters.core.adapter_parameters`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from lavin_lightning.adapters.core import match_modules, peft_layers
+from lavin_lightning.errors import ConfigError
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA settings (defaults: the common Alpaca-LoRA recipe on LLaMA).
+
+    Args:
+        rank: rank r of each update B A.
+        alpha: scaling numerator; the update is scaled by alpha / rank.
+        dropout: dropout on the LoRA branch input.
+        target_modules: names of the linear layers to adapt in every decoder layer
+            (LLaMA: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
+        layers: adapt only the topmost N decoder layers; None = all.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    layers: int | None = None
+
+    def __post_init__(self):
+        if self.rank < 1 or not self.target_modules:
+            raise ConfigError(f"LoRAConfig needs rank >= 1 and at least one target module, got {self}")
+
+
+def inject_lora(llm: nn.Module, config: LoRAConfig) -> list[str]:
+    """Put LoRA layers on `config.target_modules`; returns the adapted module names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    total = llm.config.num_hidden_layers
+    layers = list(range(total - config.layers, total)) if config.layers is not None else None
+    if layers is not None and not 1 <= config.layers <= total:
+        raise ConfigError(f"LoRAConfig.layers={config.layers} but the model has {total} layers")
+    # Validate before changing anything: every target must exist in the chosen layers.
+    names = []
+    for target in config.target_modules:
+        names += match_modules(llm, rf"model\.layers\.(\d+)\.(?:self_attn|mlp)\.{target}", layers)
+    peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                             target_modules=list(config.target_modules), layers_to_transform=layers, bias="none")
+    inject_adapter_in_model(peft_config, llm)
+    for layer in peft_layers(llm):
+        for attr in layer.adapter_layer_names:
+            getattr(layer, attr).float()  # trainable tensors in fp32 beside a half-precision backbone
+    return names
+
+
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA update into its frozen weight (inference); returns the layer count."""
+    layers = [layer for layer in peft_layers(model) if not layer.merged]
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for layer in peft_layers(model):
+        if layer.merged:
+            layer.unmerge()

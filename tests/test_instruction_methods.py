@@ -1,0 +1,338 @@
+"""LLaMA-Excitor, LLaMA-Adapter v1 and LoRA on a tiny LLaMA (GQA: 4 query / 2 key-value heads)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lavin_lightning.adapters.core import adapters_disabled
+from lavin_lightning.adapters.excitor import ExcitorBlock, ExcitorConfig
+from lavin_lightning.adapters.llama_adapter import AdaptionPrompt, LlamaAdapterConfig
+from lavin_lightning.adapters.lora import LoRAConfig, merge_lora, unmerge_lora
+from lavin_lightning.backbones.llama import LLMSpec, load_causal_lm
+from lavin_lightning.backbones.tiny import byte_tokenizer
+from lavin_lightning.backbones.vision import VisionSpec
+from lavin_lightning.checkpoint import load_adapter, save_adapter
+from lavin_lightning.errors import CheckpointError
+from lavin_lightning.models.base import OptimConfig
+from lavin_lightning.models.causal_lm import AdaptedCausalLM, GenerationConfig
+from lavin_lightning.models.excitor import Excitor
+from lavin_lightning.models.llama_adapter import LlamaAdapter
+from lavin_lightning.models.lora import LoRA
+
+TOKENIZER = byte_tokenizer()
+TINY_CLIP = VisionSpec(kind="clip", config="tiny", cls_every=1, projection=True)
+
+
+def make(method: str, seed: int = 0, vision: bool = False, **adapter):
+    """A configured tiny module; the backbone's weights depend on `seed` only."""
+    torch.manual_seed(seed)
+    common = dict(llm=LLMSpec(config="tiny"), optim=OptimConfig(lr=1e-2, base_lr=None, warmup_epochs=0.0))
+    if method == "excitor":
+        module = Excitor(vision=TINY_CLIP if vision else None, adapter=ExcitorConfig(layers=1, **adapter), **common)
+    elif method == "llama_adapter":
+        module = LlamaAdapter(vision=TINY_CLIP if vision else None,
+                              adapter=LlamaAdapterConfig(layers=1, **adapter), **common)
+    else:
+        module = LoRA(adapter=LoRAConfig(dropout=0.0, **adapter), **common)
+    module.configure_model()
+    return module.eval()
+
+
+def base_model(seed: int = 0) -> AdaptedCausalLM:
+    """The same frozen backbone as `make(..., seed)`, without adapters."""
+    torch.manual_seed(seed)
+    return AdaptedCausalLM(load_causal_lm(LLMSpec(config="tiny")), TOKENIZER).eval()
+
+
+def text_batch(texts: list[str], supervised_from: int = 3, images: int = 0) -> dict:
+    rows = [[TOKENIZER.bos_token_id] + TOKENIZER(t, add_special_tokens=False).input_ids for t in texts]
+    length = max(map(len, rows))
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        labels[i, supervised_from : len(row)] = ids[i, supervised_from : len(row)]
+    has_image = torch.tensor([i < images for i in range(len(rows))])
+    torch.manual_seed(123)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "has_image": has_image,
+            "pixel_values": torch.randn(len(rows), 3, 32, 32), "pids": [str(i) for i in range(len(rows))]}
+
+
+def logits(model: AdaptedCausalLM, batch: dict) -> torch.Tensor:
+    with torch.no_grad(), model.conditioning(batch):
+        embeds, valid, _ = model.prepare(batch)
+        positions = torch.arange(embeds.shape[1]).expand(embeds.shape[0], -1)
+        return model.llm.lm_head(model.run_llm(embeds, valid, positions, embeds.shape[1]))
+
+
+def randomise(module) -> None:
+    """Move every adapter tensor away from its (possibly identity) init."""
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for param in module._trainable.values():
+            param.add_(torch.randn_like(param) * 0.5)
+
+
+BATCH = ["the cat sat on the mat", "hello", "a longer sentence to pad the others"]
+METHODS = ["excitor", "llama_adapter", "lora"]
+
+
+# -- identity ------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["llama_adapter", "lora"])
+def test_identity_at_init(method):
+    batch = text_batch(BATCH)
+    assert torch.equal(logits(make(method).model, batch), logits(base_model(), batch))
+
+
+def test_excitor_with_zero_gates_is_the_base_model_exactly():
+    batch = text_batch(BATCH)
+    module = make("excitor")
+    assert not torch.equal(logits(module.model, batch), logits(base_model(), batch))  # N(0, 0.1) gates
+    module.zero_gates()
+    randomise_except_gates(module)
+    assert torch.equal(logits(module.model, batch), logits(base_model(), batch))
+
+
+def randomise_except_gates(module) -> None:
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for name, param in module._trainable.items():
+            if not name.endswith(".gate"):
+                param.add_(torch.randn_like(param))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_adapters_disabled_is_the_base_model_exactly(method):
+    batch = text_batch(BATCH)
+    module = make(method)
+    randomise(module)
+    adapted = logits(module.model, batch)
+    with adapters_disabled(module.model):
+        assert torch.equal(logits(module.model, batch), logits(base_model(), batch))
+    assert not torch.allclose(adapted, logits(base_model(), batch), atol=1e-3)
+    assert torch.equal(logits(module.model, batch), adapted)  # re-enabled
+
+
+# -- attention functions against the formulas, written out eagerly ----------------------------
+def eager_reference(attention, hidden, position_embeddings, mask, extra_scores_fn=None, prompt_branch_fn=None):
+    """softmax(Q K^T / sqrt(d) + mask [+ extra]) V (+ prompt branch), head by head, by hand."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    batch, length, _ = hidden.shape
+    d = attention.head_dim
+    q = attention.q_proj(hidden).view(batch, length, -1, d).transpose(1, 2)
+    k_proj = getattr(attention.k_proj, "base_layer", attention.k_proj)
+    v_proj = getattr(attention.v_proj, "base_layer", attention.v_proj)
+    k = k_proj(hidden).view(batch, length, -1, d).transpose(1, 2)
+    v = v_proj(hidden).view(batch, length, -1, d).transpose(1, 2)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    groups = attention.num_key_value_groups
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    scores = q @ k.transpose(2, 3) / math.sqrt(d) + mask
+    if extra_scores_fn is not None:
+        scores = scores + extra_scores_fn(q, cos, sin)
+    out = torch.softmax(scores, dim=-1) @ v
+    if prompt_branch_fn is not None:
+        out = out + prompt_branch_fn(q)
+    return attention.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+def attention_inputs(module):
+    llm = module.model.llm
+    attention = llm.model.layers[-1].self_attn
+    torch.manual_seed(3)
+    hidden = torch.randn(2, 5, llm.config.hidden_size)
+    positions = torch.arange(5).expand(2, -1)
+    position_embeddings = llm.model.rotary_emb(hidden, positions)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    valid[1, 3:] = False
+    mask = module.model.attention_mask(valid, 5, hidden.dtype)
+    return attention, hidden, position_embeddings, mask
+
+
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+def test_excitor_attention_matches_the_formula(rope, base):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    module = make("excitor", rope_on_key_extra=rope, excitor_heads=2)
+    randomise(module)
+    module.model.llm.config.base_attn_implementation = base
+    attention, hidden, position_embeddings, mask = attention_inputs(module)
+    block: ExcitorBlock = (attention.k_proj if rope else attention.v_proj).excitor
+    d = attention.head_dim
+
+    def extra_scores(q, cos, sin):
+        # Eqs. 6-7 per token: two Excitor heads over C, 1/sqrt(C/2); then split into query heads.
+        t = block.query(hidden).view(2, 5, 2, -1).transpose(1, 2)
+        p = block.prompt.view(-1, 2, block.prompt.shape[1] // 2).transpose(0, 1)
+        weights = torch.softmax(t @ p.transpose(1, 2) / math.sqrt(p.shape[-1]), dim=-1)
+        key_extra = (weights @ p).transpose(1, 2).reshape(2, 5, -1).view(2, 5, -1, d).transpose(1, 2)
+        if rope:
+            _, key_extra = apply_rotary_pos_emb(key_extra, key_extra, cos, sin)
+        return block.gate[None, :, None, None] * (q @ key_extra.transpose(2, 3)) / math.sqrt(d)
+
+    with torch.no_grad():
+        expected = eager_reference(attention, hidden, position_embeddings, mask, extra_scores_fn=extra_scores)
+        got, _ = attention(hidden, position_embeddings, mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+def test_llama_adapter_attention_matches_the_release_formula(base):
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    module = make("llama_adapter")
+    randomise(module)
+    module.model.llm.config.base_attn_implementation = base
+    attention, hidden, position_embeddings, mask = attention_inputs(module)
+    prompt: AdaptionPrompt = attention.adaption_prompt
+    d = attention.head_dim
+
+    def prompt_branch(q):
+        # Frozen W_k / W_v on the prompts, no RoPE, own softmax, tanh gate per head.
+        kp = repeat_kv(attention.k_proj(prompt.prompt)[None].view(1, -1, 2, d).transpose(1, 2), 2)
+        vp = repeat_kv(attention.v_proj(prompt.prompt)[None].view(1, -1, 2, d).transpose(1, 2), 2)
+        probs = torch.softmax(q @ kp.transpose(2, 3) / math.sqrt(d), dim=-1)
+        return torch.tanh(prompt.gate)[None, :, None, None] * probs @ vp
+
+    with torch.no_grad():
+        expected = eager_reference(attention, hidden, position_embeddings, mask, prompt_branch_fn=prompt_branch)
+        got, _ = attention(hidden, position_embeddings, mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_below_the_top_l_are_unchanged():
+    module = make("excitor")
+    assert not hasattr(module.model.llm.model.layers[0].self_attn.k_proj, "excitor")
+    assert hasattr(module.model.llm.model.layers[1].self_attn.k_proj, "excitor")
+
+
+# -- training touches adapters only ----------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_only_adapter_tensors_change(method):
+    module = make(method).train()
+    frozen = {n: p.detach().clone() for n, p in module.named_parameters() if n not in module.trainable_names}
+    before = {n: p.detach().clone() for n, p in module._trainable.items()}
+    assert all(not module.get_parameter(n).requires_grad for n in frozen)
+    optimizer = torch.optim.AdamW(module._trainable.values(), lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        module.model.loss(text_batch(BATCH)).backward()
+        optimizer.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in module.named_parameters() if n in frozen)
+    changed = [n for n, p in module._trainable.items() if not torch.equal(p, before[n])]
+    assert sorted(changed) == sorted(module.trainable_names)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_adapter_round_trip(method, tmp_path):
+    batch = text_batch(BATCH)
+    trained = make(method)
+    randomise(trained)
+    save_adapter(trained, tmp_path / "adapter")
+    fresh = make(method)
+    assert not torch.equal(logits(fresh.model, batch), logits(trained.model, batch))
+    load_adapter(fresh, tmp_path / "adapter")
+    assert torch.equal(logits(fresh.model, batch), logits(trained.model, batch))
+
+
+def test_adapter_of_another_method_is_refused(tmp_path):
+    save_adapter(make("lora"), tmp_path / "lora")
+    with pytest.raises(CheckpointError, match="method"):
+        load_adapter(make("llama_adapter"), tmp_path / "lora")
+
+
+# -- generation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_cached_generation_equals_uncached_and_batching_does_not_matter(method):
+    module = make(method)
+    randomise(module)
+    config = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    batch = text_batch(BATCH)
+    batch.pop("labels")
+    cached = module.model.generate(batch, config, use_cache=True)
+    assert cached == module.model.generate(batch, config, use_cache=False)
+    single = module.model.generate({k: (v[1:2] if torch.is_tensor(v) else v[1:2]) for k, v in batch.items()}, config)
+    assert single[0] == cached[1]
+
+
+def test_streaming_reports_every_token():
+    module = make("excitor")
+    batch = text_batch(["hi"])
+    batch.pop("labels")
+    seen = []
+    ids = module.model.generate(batch, GenerationConfig(max_new_tokens=5, temperature=0.0),
+                                on_token=lambda t: seen.append(int(t[0])))
+    assert seen[: len(ids[0])] == ids[0]
+
+
+def test_lora_merge_keeps_outputs():
+    module = make("lora", target_modules=["q_proj", "v_proj", "down_proj"])
+    randomise(module)
+    batch = text_batch(BATCH)
+    unmerged = logits(module.model, batch)
+    assert merge_lora(module.model) == 6  # 3 targets x 2 layers
+    # Folding W + s B A changes float rounding only (logits here are of order 10).
+    torch.testing.assert_close(logits(module.model, batch), unmerged, rtol=1e-4, atol=5e-4)
+    unmerge_lora(module.model)
+    torch.testing.assert_close(logits(module.model, batch), unmerged, rtol=1e-4, atol=5e-4)
+
+
+# -- multimodal --------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["excitor", "llama_adapter"])
+def test_images_condition_only_their_own_samples(method):
+    module = make(method, vision=True)
+    randomise(module)
+    mixed = text_batch(BATCH, images=2)  # samples 0, 1 with an image; 2 text-only
+    text_only = text_batch(BATCH, images=0)
+    with_images, without = logits(module.model, mixed), logits(module.model, text_only)
+    assert not torch.allclose(with_images[:2], without[:2], atol=1e-4)
+    torch.testing.assert_close(with_images[2], without[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["excitor", "llama_adapter"])
+def test_multimodal_generation_cached_equals_uncached(method):
+    module = make(method, vision=True)
+    randomise(module)
+    batch = text_batch(BATCH, images=2)
+    batch.pop("labels")
+    config = GenerationConfig(max_new_tokens=5, temperature=0.0)
+    assert module.model.generate(batch, config) == module.model.generate(batch, config, use_cache=False)
+
+
+def test_text_only_model_refuses_images():
+    from lavin_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no vision encoder"):
+        make("lora").model.loss(text_batch(BATCH, images=1))
+
+
+# -- parameter counts at real scale (meta device) ------------------------------------------------
+def count(module) -> int:
+    with torch.device("meta"):
+        module.configure_model()
+    return module.parameter_counts()["trainable"]
+
+
+def test_llama_adapter_7b_count_is_the_papers():
+    assert count(LlamaAdapter(llm=LLMSpec(config="llama-7b"))) == 1_229_760  # 10 x 30 x 4096 + 30 x 32
+
+
+def test_excitor_7b_counts():
+    assert count(Excitor(llm=LLMSpec(config="llama-7b"))) == 7_619_520  # K = 30
+    assert count(Excitor(llm=LLMSpec(config="llama-7b"), adapter=ExcitorConfig(prompt_length=10))) == 5_161_920
+    multimodal = Excitor(llm=LLMSpec(config="llama-7b"),
+                         vision=VisionSpec(kind="clip", config="clip-vit-l/14", projection=True))
+    assert count(multimodal) == 7_619_520 + 4_669_440  # + D = 768 visual maps, r = 16, 30 layers
+
+
+def test_lora_7b_count():
+    assert count(LoRA(llm=LLMSpec(config="llama-7b"))) == 4_194_304  # 2 x 8 x 4096 x 2 x 32
