@@ -75,3 +75,58 @@ def write_self_distilled_instructions(path, instructions: list[str], responses: 
     if len(records) < len(instructions):
         log.warning("left out %d instructions whose response is blank", len(instructions) - len(records))
     return write_json(path, records, indent=1)
+
+
+# --------------------------------------------------------------------------- tasks with answers
+
+_WORDS = ["apple", "river", "garden", "pencil", "window", "rocket", "planet", "forest", "silver", "candle",
+          "button", "ladder", "mirror", "pillow", "tunnel", "violin", "wallet", "yogurt", "zebra", "bridge",
+          "carpet", "dragon", "engine", "feather", "guitar", "hammer", "island", "jacket", "kettle", "lemon",
+          "magnet", "needle", "orange", "parrot", "quartz", "rabbit", "saddle", "tomato", "umbrella", "velvet"]
+_COLOURS = ["red", "blue", "green", "yellow", "black", "white", "purple", "orange", "brown", "gray"]
+
+
+def _task(instruction: str, input_text: str, output: str, family: str) -> dict:
+    return {"instruction": instruction, "input": input_text, "output": output, "family": family}
+
+
+def verifiable_instructions(n_per_family: int, seed: int) -> list[dict]:
+    """Alpaca-format records whose answers can be checked exactly, built in code.
+
+    Five families (sums, upper-casing, sorting numbers, reversing word order, counting
+    words); the expected answer is the bare result, the style an instruction-tuned
+    assistant is taught to follow. Each record carries its `family` for per-family
+    scoring. Deterministic in `seed`.
+    """
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n_per_family):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        records.append(_task(f"What is {a} plus {b}? Reply with the number only.", "", str(a + b), "sum"))
+        word = rng.choice(_WORDS)
+        records.append(_task("Write the following word in capital letters.", word, word.upper(), "upper"))
+        numbers = rng.sample(range(1, 100), 4)
+        records.append(_task("Sort these numbers from smallest to largest.", ", ".join(map(str, numbers)),
+                             ", ".join(map(str, sorted(numbers))), "sort"))
+        colours = rng.sample(_COLOURS, 3)
+        records.append(_task("Reverse the order of these words.", " ".join(colours),
+                             " ".join(reversed(colours)), "reverse"))
+        sentence = rng.sample(_WORDS, rng.randint(3, 7))
+        records.append(_task("How many words are in this sentence? Reply with the number only.",
+                             " ".join(sentence), str(len(sentence)), "count"))
+    return records
+
+
+def split_held_out(records: list[dict], n_held_out: int) -> tuple[list[dict], list[dict]]:
+    """(train, held out): the held-out records' (instruction, input) pairs never occur in train."""
+    held_out = records[:n_held_out]
+    seen = {(r["instruction"], r["input"]) for r in held_out}
+    train = [r for r in records[n_held_out:] if (r["instruction"], r["input"]) not in seen]
+    return train, held_out
+
+
+def exact_match(response: str, expected: str) -> bool:
+    """The response is the answer, ignoring surrounding whitespace and a final period."""
+    return response.strip().rstrip(".").strip() == expected

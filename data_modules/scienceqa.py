@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule, image_transform
 from data_modules.prompts import parse_prompt_format, scienceqa_prompt
+from data_modules.templates import instruction_prompt
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.io import read_json
 from lavin_lightning.metrics.scienceqa import load_problems
@@ -184,13 +185,6 @@ class ScienceQACollator:
 
 
 # --------------------------------------------------------------------------- data module
-
-
-def instruction_prompt(instruction: str, input_text: str = "") -> str:
-    """The text-only prompt of an Alpaca record; like ScienceQA prompts it ends in "Response:"."""
-    if input_text:
-        return f"Instruction: {instruction}\nInput: {input_text}\nResponse:"
-    return f"Instruction: {instruction}\nResponse:"
 
 
 def read_text_instructions(path: Path) -> list[tuple[str, str]]:

@@ -6,6 +6,8 @@
     lavin-lightning prepare easy-vqa --out DIR          the embedded ScienceQA-format data set
     lavin-lightning table lavin-table1 [--runs runs]    paper values next to measured ones
     lavin-lightning demo [--steps N]                    the main job on the embedded default
+    lavin-lightning chat --config A.yaml [--adapter DIR] [--image PATH]   interactive, streamed
+    lavin-lightning evaluate mc --config A.yaml [--adapter DIR] --mmlu DIR --truthfulqa FILE
 """
 
 from __future__ import annotations
@@ -137,6 +139,18 @@ def table_main(argv: list[str]) -> None:
     table(argv)
 
 
+def chat_main(argv: list[str]) -> None:
+    from lavin_lightning.chat import main as chat
+
+    chat(argv)
+
+
+def evaluate_main(argv: list[str]) -> None:
+    from lavin_lightning.evaluate import main as evaluate
+
+    evaluate(argv)
+
+
 def demo_main(argv: list[str]) -> None:
     from lavin_lightning.demo import main as run_demo
 
@@ -144,7 +158,7 @@ def demo_main(argv: list[str]) -> None:
 
 
 COMMANDS = {"params": params_main, "score": score_main, "prepare": prepare_main, "table": table_main,
-            "demo": demo_main}
+            "demo": demo_main, "chat": chat_main, "evaluate": evaluate_main}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,9 @@ def gather_by_pid(records: list[dict]) -> list[dict]:
 
 
 class WritePredictions(Callback):
-    """`lavin-lightning predict` output: `{"pid": ..., "text": ...}` per line.
+    """`lavin-lightning predict` output, one JSON object per line: `{"pid": ..., "text": ...}`;
+    when the data module keeps its input records by id (prompt files), the record with its
+    `"response"` instead: `{"id": ..., "instruction": ..., "input": ..., "image": ..., "response": ...}`.
 
     Args:
         output_dir: where predictions.jsonl goes (default: the trainer's default_root_dir).
@@ -44,6 +46,9 @@ class WritePredictions(Callback):
 
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         rows = gather_by_pid(self.rows)
+        records = getattr(trainer.datamodule, "records", None)
+        if records is not None:
+            rows = [{"id": row["pid"], **records[row["pid"]], "response": row["text"]} for row in rows]
         if trainer.is_global_zero:
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             path = Path(self.output_dir or trainer.default_root_dir) / "predictions.jsonl"

@@ -144,7 +144,9 @@ class AdaptedCausalLM(nn.Module):
         """(B,) sum of log p(token) over each row's labelled tokens (multiple-choice scoring)."""
         logits, targets, rows = self._supervised_logits(batch)
         token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-        return torch.zeros(batch["input_ids"].shape[0], device=logits.device).index_add(0, rows, token_logprobs)
+        # Summed in float64: long continuations would otherwise differ with batch composition.
+        sums = torch.zeros(batch["input_ids"].shape[0], dtype=torch.float64, device=logits.device)
+        return sums.index_add(0, rows, token_logprobs.double())
 
     # -- generation -------------------------------------------------------------------
     @torch.no_grad()
