@@ -14,12 +14,13 @@ eight-legged animals).
 
 from __future__ import annotations
 
+import json
 import logging
 from itertools import zip_longest
 from pathlib import Path
 
 from lavin_lightning.errors import DataError
-from lavin_lightning.io import write_json
+from lavin_lightning.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +131,41 @@ def split_held_out(records: list[dict], n_held_out: int) -> tuple[list[dict], li
 def exact_match(response: str, expected: str) -> bool:
     """The response is the answer, ignoring surrounding whitespace and a final period."""
     return response.strip().rstrip(".").strip() == expected
+
+
+def write_instruction_set(out, n_per_family: int = 60, n_held_out: int = 50, seed: int = 0) -> dict:
+    """The offline instruction set: `train.json` (Alpaca format), `held_out.jsonl` (a prompt
+    file for `lavin-lightning predict`) and `held_out_answers.json` ({id: {output, family}})."""
+    out = Path(out)
+    train, held_out = split_held_out(verifiable_instructions(n_per_family, seed), n_held_out)
+    write_json(out / "train.json", [{k: r[k] for k in ("instruction", "input", "output")} for r in train], indent=1)
+    lines = "".join(json.dumps({"id": f"held-{i}", "instruction": r["instruction"], "input": r["input"]}) + "\n"
+                    for i, r in enumerate(held_out))
+    atomic_write(out / "held_out.jsonl", lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+    answers = {f"held-{i}": {"output": r["output"], "family": r["family"]} for i, r in enumerate(held_out)}
+    write_json(out / "held_out_answers.json", answers)
+    return {"train": len(train), "held_out": len(held_out), "dir": str(out)}
+
+
+def score_responses(responses: dict[str, str], answers: dict[str, dict]) -> dict:
+    """Exact-match accuracy (%) overall and per family, for responses keyed by held-out id."""
+    families: dict[str, list[bool]] = {}
+    for pid, answer in answers.items():
+        families.setdefault(answer["family"], []).append(exact_match(responses.get(pid, ""), answer["output"]))
+    percent = lambda hits: round(100 * sum(hits) / len(hits), 2)
+    every = [hit for hits in families.values() for hit in hits]
+    return {"exact_match": percent(every), "per_family": {f: percent(h) for f, h in sorted(families.items())},
+            "total": len(every)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="lavin-lightning prepare instructions",
+                                 description="Write the offline instruction set (Alpaca format + held-out prompts).")
+    ap.add_argument("--out", default="data/instructions")
+    ap.add_argument("--per-family", type=int, default=60, help="records per task family before the split")
+    ap.add_argument("--held-out", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    print(json.dumps(write_instruction_set(args.out, args.per_family, args.held_out, args.seed)))

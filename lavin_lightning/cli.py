@@ -4,6 +4,7 @@
     lavin-lightning params --config A.yaml [--json]     parameter counts, built on the meta device
     lavin-lightning score scienceqa --data-root DIR --predictions FILE [--split test] [--output FILE]
     lavin-lightning prepare easy-vqa --out DIR          the embedded ScienceQA-format data set
+    lavin-lightning prepare instructions --out DIR      the offline instruction set (Alpaca format)
     lavin-lightning table lavin-table1 [--runs runs]    paper values next to measured ones
     lavin-lightning demo [--steps N]                    the main job on the embedded default
     lavin-lightning chat --config A.yaml [--adapter DIR] [--image PATH]   interactive, streamed
@@ -126,11 +127,13 @@ def score_main(argv: list[str]) -> None:
 
 
 def prepare_main(argv: list[str]) -> None:
-    if not argv or argv[0] != "easy-vqa":
-        raise SystemExit("usage: lavin-lightning prepare easy-vqa --out DIR [options]")
-    from data_modules.easy_vqa import main as easy_vqa_main
-
-    easy_vqa_main(argv[1:])
+    if argv and argv[0] == "easy-vqa":
+        from data_modules.easy_vqa import main as prepare
+    elif argv and argv[0] == "instructions":
+        from data_modules.instructions import main as prepare
+    else:
+        raise SystemExit("usage: lavin-lightning prepare easy-vqa|instructions --out DIR [options]")
+    prepare(argv[1:])
 
 
 def table_main(argv: list[str]) -> None:
