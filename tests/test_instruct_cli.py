@@ -105,3 +105,18 @@ def test_evaluate_mc_reports_base_and_adapted(tmp_path, capsys):
     assert report["base"]["mmlu"]["subjects"]["toy_subject"]["total"] == 3
     assert report["base"]["truthfulqa_mc1"]["total"] == 1
     assert "toy subject" in capsys.readouterr().out or "toy_subject" in out.read_text()
+
+
+def test_lavin_chats_about_an_image(make_tiny_lavin, tmp_path):
+    from PIL import Image
+
+    from lavin_lightning.chat import ChatSession
+    from lavin_lightning.models.causal_lm import GenerationConfig
+
+    module = make_tiny_lavin().eval()
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(tmp_path / "green.png")
+    session = ChatSession(module, "lavin", GenerationConfig(max_new_tokens=5, temperature=0.0))
+    text_only = session.respond("What is this?")
+    session.set_image(tmp_path / "green.png")
+    assert session.history == [] and session.batch("What is this?")["pixel_values"].shape == (1, 3, 32, 32)
+    assert isinstance(session.respond("What is this?"), str) and isinstance(text_only, str)
