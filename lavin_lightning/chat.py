@@ -82,9 +82,7 @@ class ChatSession:
                 on_text(text[len(shown):])
                 shown = text
 
-        ids = self.module.model.generate(self.batch(user), self.generation, generator=self.module._generator(),
-                                         on_token=stream)
-        reply = tokenizer.decode(ids[0], skip_special_tokens=True)
+        reply = self.module.generate_text(self.batch(user), self.generation, on_token=stream)[0]
         if on_text is not None and len(reply) > len(shown):
             on_text(reply[len(shown):])
         self.history.append((user, reply.strip()))

@@ -156,12 +156,12 @@ def attention_inputs(module):
     return attention, hidden, position_embeddings, mask
 
 
-@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("rope, extra_scale", [(True, "head_dim"), (False, "head_dim"), (True, "hidden")])
 @pytest.mark.parametrize("base", ["sdpa", "eager"])
-def test_excitor_attention_matches_the_formula(rope, base):
+def test_excitor_attention_matches_the_formula(rope, extra_scale, base):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    module = make("excitor", rope_on_key_extra=rope, excitor_heads=2)
+    module = make("excitor", rope_on_key_extra=rope, excitor_heads=2, extra_scale=extra_scale)
     randomise(module)
     module.model.llm.config.base_attn_implementation = base
     attention, hidden, position_embeddings, mask = attention_inputs(module)
@@ -176,7 +176,8 @@ def test_excitor_attention_matches_the_formula(rope, base):
         key_extra = (weights @ p).transpose(1, 2).reshape(2, 5, -1).view(2, 5, -1, d).transpose(1, 2)
         if rope:
             _, key_extra = apply_rotary_pos_emb(key_extra, key_extra, cos, sin)
-        return block.gate[None, :, None, None] * (q @ key_extra.transpose(2, 3)) / math.sqrt(d)
+        scale = 1 / math.sqrt(d if extra_scale == "head_dim" else hidden.shape[-1])
+        return block.gate[None, :, None, None] * (q @ key_extra.transpose(2, 3)) * scale
 
     with torch.no_grad():
         expected = eager_reference(attention, hidden, position_embeddings, mask, extra_scores_fn=extra_scores)

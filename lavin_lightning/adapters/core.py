@@ -145,6 +145,14 @@ def match_modules(model: nn.Module, pattern: str, layers: Sequence[int] | None =
     return [by_layer[i] for i in layers]
 
 
+def top_layers(llm: nn.Module, count: int) -> list[int]:
+    """Indices of the topmost `count` decoder layers of a transformers LM."""
+    total = llm.config.num_hidden_layers
+    if not 1 <= count <= total:
+        raise ConfigError(f"asked for adapters in the top {count} layers but the model has {total}")
+    return list(range(total - count, total))
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

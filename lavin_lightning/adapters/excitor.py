@@ -17,8 +17,9 @@ Seams (no forward is rebound):
   the KV cache stores it with the keys. With `rope_on_key_extra=False` the wrapper sits on
   v_proj instead, whose outputs are never rotated (option A, LLaMA-Adapter's convention).
 * `excitor_attention` (registered in transformers' AttentionInterface) splits the extra
-  heads off, turns g * S_extra into an additive score bias and calls the backbone's own
-  attention function with it: with g = 0 the bias is exactly zero and so is the change.
+  heads off and folds them into the keys, Q K^T + g Q Key_extra^T = Q (K + g Key_extra)^T
+  per head, then calls the backbone's own attention function: one softmax, values
+  untouched, and with g = 0 the keys and outputs are exactly the backbone's.
 The parameters of layer l live in `self_attn.{k,v}_proj.excitor` of that layer.
 """
 
@@ -29,15 +30,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import repeat_kv
 
 from lavin_lightning.adapters.core import (
     AdapterModule,
     base_attention,
     match_modules,
     replace_module,
+    top_layers,
     use_attention_function,
 )
-from lavin_lightning.adapters.llama_adapter import top_layers
 from lavin_lightning.errors import ConfigError
 
 ATTENTION_FUNCTION = "lavin_lightning_excitor"
@@ -163,8 +165,27 @@ class ExcitorProjection(nn.Module):
         return torch.cat([out, self.excitor.key_extra(hidden_states).to(out.dtype)], dim=-1)
 
 
+class _KeysPerQueryHead:
+    """An attention module as the backbone's attention function should see it once keys and
+    values are already expanded to one per query head (no further GQA repeat)."""
+
+    num_key_value_groups = 1
+
+    def __init__(self, module: nn.Module):
+        self._module = module
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
 def excitor_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """softmax(S + g * S_extra + mask) V through the backbone's own attention function."""
+    """softmax(S + g * S_extra + mask) V through the backbone's own attention function.
+
+    Per head, S + g * S_extra = Q (K + g * Key_extra)^T * scale: the extra scores fold into a
+    shifted key, so the backbone's kernel runs unchanged (no score-sized bias, no slower
+    masked-gradient path) and with g = 0 the keys, hence the outputs, are exactly the
+    backbone's.
+    """
     attend = base_attention(module)
     n_kv = module.config.num_key_value_heads
     carrier = "key" if key.shape[1] > n_kv else "value" if value.shape[1] > n_kv else None
@@ -175,11 +196,13 @@ def excitor_attention(module, query, key, value, attention_mask, scaling, dropou
     else:
         value, key_extra = value[:, :n_kv], value[:, n_kv:]
     excitor: ExcitorBlock = getattr(module, f"{'k' if carrier == 'key' else 'v'}_proj").excitor
-    scale = scaling if excitor.extra_scale == "head_dim" else module.config.hidden_size ** -0.5
-    extra_scores = torch.matmul(query, key_extra.transpose(2, 3)) * scale  # (B, H, Q, K): H query heads
-    bias = excitor.gate.to(query.dtype)[None, :, None, None] * extra_scores
-    mask = bias if attention_mask is None else attention_mask + bias
-    return attend(module, query, key, value, mask, scaling=scaling, dropout=dropout, **kwargs)
+    ratio = 1.0 if excitor.extra_scale == "head_dim" else module.config.hidden_size ** -0.5 / scaling
+    shift = (excitor.gate.to(query.dtype) * ratio)[None, :, None, None]
+    groups = module.num_key_value_groups
+    key = repeat_kv(key, groups) + shift * key_extra  # (B, H, K, d): one key per query head
+    value = repeat_kv(value, groups)
+    return attend(_KeysPerQueryHead(module), query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                  **kwargs)
 
 
 def inject_excitor(llm: nn.Module, config: ExcitorConfig, visual_width: int | None = None) -> list[str]:

@@ -23,7 +23,13 @@ import torch
 from torch import nn
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from lavin_lightning.adapters.core import AdapterModule, base_attention, match_modules, use_attention_function
+from lavin_lightning.adapters.core import (
+    AdapterModule,
+    base_attention,
+    match_modules,
+    top_layers,
+    use_attention_function,
+)
 from lavin_lightning.errors import ConfigError
 
 ATTENTION_FUNCTION = "lavin_lightning_llama_adapter"
@@ -47,14 +53,6 @@ class LlamaAdapterConfig:
     def __post_init__(self):
         if self.layers < 1 or self.prompt_length < 1:
             raise ConfigError(f"LlamaAdapterConfig needs layers >= 1 and prompt_length >= 1, got {self}")
-
-
-def top_layers(llm: nn.Module, count: int) -> list[int]:
-    """Indices of the topmost `count` decoder layers."""
-    total = llm.config.num_hidden_layers
-    if not 1 <= count <= total:
-        raise ConfigError(f"asked for prompts in the top {count} layers but the model has {total}")
-    return list(range(total - count, total))
 
 
 class AdaptionPrompt(AdapterModule):

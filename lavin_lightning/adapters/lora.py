@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from lavin_lightning.adapters.core import match_modules, peft_layers
+from lavin_lightning.adapters.core import match_modules, peft_layers, top_layers
 from lavin_lightning.errors import ConfigError
 
 
@@ -43,10 +43,7 @@ def inject_lora(llm: nn.Module, config: LoRAConfig) -> list[str]:
     """Put LoRA layers on `config.target_modules`; returns the adapted module names."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    total = llm.config.num_hidden_layers
-    layers = list(range(total - config.layers, total)) if config.layers is not None else None
-    if layers is not None and not 1 <= config.layers <= total:
-        raise ConfigError(f"LoRAConfig.layers={config.layers} but the model has {total} layers")
+    layers = top_layers(llm, config.layers) if config.layers is not None else None
     # Validate before changing anything: every target must exist in the chosen layers.
     names = []
     for target in config.target_modules:

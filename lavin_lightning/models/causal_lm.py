@@ -90,10 +90,19 @@ class AdaptedCausalLM(nn.Module):
 
     def conditioning(self, batch: dict) -> contextlib.AbstractContextManager:
         """State the adapters read during the forward passes of `batch` (default: none)."""
-        if self.vision is None and "has_image" in batch and bool(batch["has_image"].any()):
+        self.image_pixels(batch)  # refuses images without a vision encoder
+        return contextlib.nullcontext()
+
+    def image_pixels(self, batch: dict) -> torch.Tensor | None:
+        """Pixels of the samples that have an image (the frozen ViT runs on those only), in
+        the ViT's dtype; None when the batch has no image."""
+        has_image = batch.get("has_image")
+        if has_image is None or not bool(has_image.any()):
+            return None
+        if self.vision is None:
             raise ConfigError(f"the batch has images but this {type(self).__name__} has no vision encoder; "
                               "configure `vision` or give text-only inputs")
-        return contextlib.nullcontext()
+        return batch["pixel_values"][has_image.bool()].to(next(self.vision.parameters()).dtype)
 
     def decoding(self) -> contextlib.AbstractContextManager:
         """Caches valid for one generation (prefill + decode steps)."""

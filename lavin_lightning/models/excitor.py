@@ -22,17 +22,16 @@ class ExcitorModel(AdaptedCausalLM):
         inject_excitor(llm, config, vision.token_width if vision is not None else None)
 
     def conditioning(self, batch: dict) -> contextlib.AbstractContextManager:
-        has_image = batch.get("has_image")
-        if self.vision is None or has_image is None or not bool(has_image.any()):
-            return super().conditioning(batch)
-        # The frozen ViT runs only on the samples that have an image; the others' rows are
-        # masked inside the Excitor softmax.
-        pixels = batch["pixel_values"][has_image].to(next(self.vision.parameters()).dtype)
+        pixels = self.image_pixels(batch)
+        if pixels is None:
+            return contextlib.nullcontext()
+        # Samples without an image get zero tokens, masked inside the Excitor softmax.
+        has_image = batch["has_image"].bool()
         features = self.vision.token_features(pixels)
         tokens = features.new_zeros(has_image.shape[0], *features.shape[1:])
         tokens[has_image] = features
         blocks = [m for m in self.llm.modules() if isinstance(m, ExcitorBlock)]
-        return adapters_holding(blocks, "visual", (tokens, has_image.bool()))
+        return adapters_holding(blocks, "visual", (tokens, has_image))
 
 
 class Excitor(CausalLMModule):

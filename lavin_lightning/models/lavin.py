@@ -30,7 +30,6 @@ from lavin_lightning.adapters.mma import (
 )
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
-from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.base import OptimConfig
 from lavin_lightning.models.causal_lm import (
     IGNORE_INDEX,
@@ -83,11 +82,9 @@ class LaVINModel(AdaptedCausalLM):
         embed = self.llm.get_input_embeddings()
         token_embeds = embed(input_ids)
         visual = None
-        if has_image.any():
-            if self.vision is None:
-                raise ConfigError("batch has images but this LaVIN model has no vision encoder")
-            # The frozen ViT runs only on samples that have an image.
-            features = self.vision.cls_features(batch["pixel_values"][has_image].to(self._vision_dtype()))
+        pixels = self.image_pixels(batch)
+        if pixels is not None:
+            features = self.vision.cls_features(pixels)
             visual = self.neck(features.to(self.neck.up.weight.dtype)).to(token_embeds.dtype)
         lead = 1 if self.bos_id is not None else 0  # the prefix goes right after BOS
         rows, row_labels = [], []
@@ -123,9 +120,6 @@ class LaVINModel(AdaptedCausalLM):
 
     def decoding(self) -> contextlib.AbstractContextManager:
         return routing_cache(self.llm)
-
-    def _vision_dtype(self) -> torch.dtype:
-        return next(self.vision.parameters()).dtype
 
     def attention_mask(self, valid: torch.Tensor, num_queries: int, dtype: torch.dtype) -> torch.Tensor:
         """Causal, no padded keys, and (with a modality token) no later token sees position 0."""

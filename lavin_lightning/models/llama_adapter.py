@@ -28,12 +28,10 @@ class LlamaAdapterModel(AdaptedCausalLM):
             self.visual_bias = VisualPromptBias(vision.width, vision.num_feature_tokens, llm.config.hidden_size)
 
     def conditioning(self, batch: dict) -> contextlib.AbstractContextManager:
-        has_image = batch.get("has_image")
-        if self.vision is None or has_image is None or not bool(has_image.any()):
-            return super().conditioning(batch)
-        # The frozen ViT runs only on the samples that have an image.
-        pixels = batch["pixel_values"][has_image].to(next(self.vision.parameters()).dtype)
-        bias = self.visual_bias(self.vision.cls_features(pixels), has_image)
+        pixels = self.image_pixels(batch)
+        if pixels is None:
+            return contextlib.nullcontext()
+        bias = self.visual_bias(self.vision.cls_features(pixels), batch["has_image"].bool())
         prompts = [m for m in self.llm.modules() if isinstance(m, AdaptionPrompt)]
         return adapters_holding(prompts, "visual", bias)
 
