@@ -123,7 +123,7 @@ def check_on_bad_record(on_bad_record: str) -> str:
 
 def _object(value: Any, name: str = "the record") -> dict:
     if not isinstance(value, dict):
-        raise _BadRecord("not_an_object", f"{name} is a {type(value).__name__}, expected an object")
+        raise _BadRecord("not_an_object", f"{name} is a {type(value).__name__}, not an object")
     return value
 
 

@@ -45,7 +45,6 @@ _LAYOUT = (
 
 _REQUIRED_FIELDS = ("question", "choices", "answer")
 
-_ALPACA = 'expected the Alpaca format: a list of {"instruction": str, "input": str (optional), "output": str}'
 
 
 # --------------------------------------------------------------------------- sequences
@@ -189,23 +188,10 @@ class ScienceQACollator:
 
 def read_text_instructions(path: Path) -> list[tuple[str, str]]:
     """``(prompt, output)`` per record of an Alpaca-format JSON file, all checked up front."""
-    records = read_json(path, f"text instructions; {_ALPACA}")
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a list of records, got {type(records).__name__}; {_ALPACA}")
-    pairs = []
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: record {index} is a {type(record).__name__}, not an object; {_ALPACA}")
-        bad = [k for k in ("instruction", "output") if not isinstance(record.get(k), str) or not record[k].strip()]
-        input_text = record.get("input") or ""
-        if not isinstance(input_text, str):
-            bad.append("input")
-        if bad:
-            raise DataError(
-                f"{path}: record {index} has a missing, empty or non-string {', '.join(bad)}; {_ALPACA}"
-            )
-        pairs.append((instruction_prompt(record["instruction"], input_text), record["output"]))
-    return pairs
+    from data_modules.instruct import read_alpaca  # instruct builds on this module's dataset
+
+    records, _ = read_alpaca(path)
+    return [(instruction_prompt(r.turns[0][0], r.input_text), r.turns[0][1]) for r in records]
 
 
 class ScienceQADataModule(GlobalBatchDataModule):
