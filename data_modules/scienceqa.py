@@ -46,7 +46,6 @@ _LAYOUT = (
 _REQUIRED_FIELDS = ("question", "choices", "answer")
 
 
-
 # --------------------------------------------------------------------------- sequences
 
 
