@@ -43,8 +43,9 @@ test: install ## the test suite (tiny backbones, CPU)
 test-fast: install ## the test suite without the slow tests
 	$(OFFLINE) $(BIN)/pytest -q -m "not slow"
 
-bench: install ## step time of every method vs the frozen backbone (same batch) and decoding tokens/s
+bench: install ## step time of every method vs the frozen backbone (same batch), decoding tokens/s, caption scoring
 	$(OFFLINE) $(BIN)/python benchmarks/step_time.py
+	$(OFFLINE) $(BIN)/python benchmarks/caption_scoring.py --source synthetic
 
 params: install ## trainable/total parameters of a config on the meta device: make params CFG=...
 	$(OFFLINE) $(BIN)/lavin-lightning params --config $(CFG)

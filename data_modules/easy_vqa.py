@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from lavin_lightning.errors import ConfigError, DataError
 
-__all__ = ["build_scienceqa_from_easy_vqa", "main", "MANIFEST_NAME"]
+__all__ = ["build_scienceqa_from_easy_vqa", "build_vqa_from_easy_vqa", "main", "MANIFEST_NAME"]
 
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
@@ -385,12 +385,8 @@ def _is_complete(out: Path, params: dict) -> bool:
     place only when complete, so a manifest with the right parameters means a full build.
     """
     manifest = _read_manifest(out)
-    return (
-        manifest is not None
-        and manifest.get("params") == params
-        and (out / "problems.json").is_file()
-        and (out / "pid_splits.json").is_file()
-    )
+    files = ("annotations_test.json",) if params.get("layout") == "vqa" else ("problems.json", "pid_splits.json")
+    return manifest is not None and manifest.get("params") == params and all((out / f).is_file() for f in files)
 
 
 def _sibling(out: Path, purpose: str) -> Path:
@@ -468,6 +464,94 @@ def _write_build(
     }
     _write_json(tmp / MANIFEST_NAME, manifest)
     return manifest
+
+
+# --------------------------------------------------------------------------- VQA layout
+
+_ANSWER_TYPES = {"shape": "other", "color": "other", "presence": "yes/no"}
+
+
+def _question_type(text: str) -> str:
+    """VQA-style question type: the question's opening words (VQAv2 uses fixed prefixes)."""
+    return " ".join(_words(text)[:3])
+
+
+def _write_vqa_build(tmp: Path, easy_vqa, params: dict, sizes: dict[str, int], seed: int) -> dict:
+    rng = random.Random(seed)
+    loaded = _load_sources(easy_vqa)
+    train_qs = loaded["train"].questions
+    train_images = sorted({q.image_id for q in train_qs})
+    rng.shuffle(train_images)
+    n_val_images = max(1, round(len(train_images) * sizes["val"] / (sizes["train"] + sizes["val"])))
+    val_images = set(train_images[:n_val_images])
+    pools = {
+        "train": ([q for q in train_qs if q.image_id not in val_images], "train"),
+        "val": ([q for q in train_qs if q.image_id in val_images], "train"),
+        "test": (loaded["test"].questions, "test"),
+    }
+    counts = {}
+    for split, n in sizes.items():
+        pool, source = pools[split]
+        chosen = sorted(_draw(pool, n, rng, f"{split} questions"), key=lambda q: q.index)
+        questions, annotations = [], []
+        # Ids are easy-VQA's own, offset so that no two splits share a question id and the
+        # train and test sources never share an image id.
+        image_offset = 0 if source == "train" else 1_000_000
+        qid_offset = {"train": 0, "val": 2_000_000, "test": 4_000_000}[split]
+        for q in chosen:
+            qid, image_id = qid_offset + len(questions) + 1, q.image_id + image_offset
+            questions.append({"question_id": qid, "image_id": image_id, "question": q.text})
+            # easy-VQA has one answer per question: ten identical human answers, as the VQA layout asks.
+            annotations.append({"question_id": qid, "image_id": image_id, "question_type": _question_type(q.text),
+                                "answer_type": _ANSWER_TYPES[q.family], "multiple_choice_answer": q.answer,
+                                "answers": [{"answer": q.answer, "answer_confidence": "yes", "answer_id": i + 1}
+                                            for i in range(10)]})
+            dst = tmp / "images" / split / f"{image_id}.png"
+            if not dst.exists():
+                _copy_image(loaded[source].image_paths[q.image_id], dst)
+        _write_json(tmp / f"questions_{split}.json", {"questions": questions, "data_subtype": split})
+        _write_json(tmp / f"annotations_{split}.json", {"annotations": annotations, "data_subtype": split})
+        counts[split] = {"questions": len(questions), "images": len({q["image_id"] for q in questions})}
+    manifest = {"source": f"easy-vqa {_easy_vqa_version()}", "layout": "vqa", "params": params, "counts": counts}
+    _write_json(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def build_vqa_from_easy_vqa(
+    out_dir: str | os.PathLike, *, n_train: int = 2000, n_val: int = 200, n_test: int = 400, seed: int = 0,
+) -> Path:
+    """Write easy-VQA in the official VQA layout in ``out_dir`` and return its path.
+
+    ``questions_<split>.json`` ({"questions": [{question_id, image_id, question}]}),
+    ``annotations_<split>.json`` ({"annotations": [{question_id, image_id, question_type,
+    answer_type, multiple_choice_answer, answers: 10 x {answer, answer_confidence,
+    answer_id}]}) and ``images/<split>/<image_id>.png`` for train, val (easy-VQA train
+    questions on disjoint images) and test. easy-VQA has one answer per question, written as
+    ten identical human answers; answer types are "yes/no" and "other". Idempotent and
+    atomic like ``build_scienceqa_from_easy_vqa``.
+    """
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    for name, n in sizes.items():
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n_{name} must be an integer >= 1, got {n!r}")
+    out = Path(os.path.abspath(out_dir))
+    params = {"format": FORMAT_VERSION, "layout": "vqa", **{f"n_{k}": v for k, v in sizes.items()}, "seed": seed}
+    if out.exists():
+        if not out.is_dir() or (_read_manifest(out) is None and any(out.iterdir())):
+            raise DataError(f"{out} exists and is not an easy-VQA build; choose another output path")
+        if _is_complete(out, params):
+            return out
+    easy_vqa = _import_easy_vqa()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "building")
+    tmp.mkdir()
+    try:
+        _write_vqa_build(tmp, easy_vqa, params, sizes, seed)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 # --------------------------------------------------------------------------- entry points
@@ -550,8 +634,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=400, help="test problems")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="rebuild even if already built")
+    ap.add_argument("--layout", choices=["scienceqa", "vqa"], default="scienceqa",
+                    help="ScienceQA problems (default) or the official VQA questions/annotations files")
     args = ap.parse_args(argv)
     try:
+        if args.layout == "vqa":
+            out = build_vqa_from_easy_vqa(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                                          seed=args.seed)
+            print(f"easy-VQA in the VQA layout: {out} {json.dumps((_read_manifest(out) or {}).get('counts'))}")
+            return 0
         out = build_scienceqa_from_easy_vqa(
             args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
             seed=args.seed, overwrite=args.overwrite,

@@ -3,7 +3,8 @@
     lavin-lightning fit|validate|test|predict --config A.yaml [--config B.yaml] [--key=value]
     lavin-lightning params --config A.yaml [--json]     parameter counts, built on the meta device
     lavin-lightning score scienceqa --data-root DIR --predictions FILE [--split test] [--output FILE]
-    lavin-lightning prepare easy-vqa --out DIR          the embedded ScienceQA-format data set
+    lavin-lightning score vqa|textvqa|aokvqa|captions ...   the official VQA-family and caption scorers
+    lavin-lightning prepare easy-vqa --out DIR [--layout vqa]   the embedded data (ScienceQA or VQA layout)
     lavin-lightning prepare instructions --out DIR      the offline instruction set (Alpaca format)
     lavin-lightning table lavin-table1 [--runs runs]    paper values next to measured ones
     lavin-lightning demo [--steps N]                    the main job on the embedded default
@@ -119,11 +120,43 @@ def score_main(argv: list[str]) -> None:
     sqa.add_argument("--data-root", required=True, help="directory with problems.json and pid_splits.json")
     sqa.add_argument("--predictions", required=True, help="JSON {pid: prediction} or {'results': {...}}")
     sqa.add_argument("--split", default="test")
-    sqa.add_argument("--output", default=None, help="write the scores here (JSON)")
+    vqa = sub.add_parser("vqa", help="VQA accuracy (VQAv2, OK-VQA), as the official vqaEval.py")
+    vqa.add_argument("--questions", required=True, help='{"questions": [{"question_id", "image_id", "question"}]}')
+    vqa.add_argument("--annotations", required=True, help='{"annotations": [{"question_id", "answers", ...}]}')
+    vqa.add_argument("--results", required=True, help='[{"question_id", "answer"}]')
+    vqa.add_argument("--mode", choices=["official", "legacy"], default="official",
+                     help="official: the 2021 evaluator; legacy: the pre-2021 one that LAVIS/PETAL vendor")
+    textvqa = sub.add_parser("textvqa", help="TextVQA accuracy, as the EvalAI answer processor")
+    textvqa.add_argument("--data", required=True, help='TextVQA json {"data": [{"question_id", "answers"}]}')
+    textvqa.add_argument("--results", required=True, help='[{"question_id", "answer"}]')
+    aokvqa = sub.add_parser("aokvqa", help="A-OKVQA direct answer and multiple choice, as eval_predictions.py")
+    aokvqa.add_argument("--dataset", required=True, help="aokvqa_v1p0_<split>.json")
+    aokvqa.add_argument("--predictions", required=True, help='{question_id: {"multiple_choice", "direct_answer"}}')
+    captions = sub.add_parser("captions", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap), ROUGE-1/L F1+R")
+    captions.add_argument("--references", required=True, help="COCO annotation format")
+    captions.add_argument("--results", required=True, help='COCO results format [{"image_id", "caption"}]')
+    for parser in (sqa, vqa, textvqa, aokvqa, captions):
+        parser.add_argument("--output", default=None, help="write the scores here (JSON)")
     args = ap.parse_args(argv)
-    from lavin_lightning.metrics.scienceqa import score_scienceqa_files
+    if args.task == "scienceqa":
+        from lavin_lightning.metrics.scienceqa import score_scienceqa_files
 
-    scores = score_scienceqa_files(args.data_root, args.predictions, split=args.split, output=args.output)
+        scores = score_scienceqa_files(args.data_root, args.predictions, split=args.split, output=args.output)
+    elif args.task == "captions":
+        from lavin_lightning.metrics.captions import score_caption_files
+
+        scores = score_caption_files(args.references, args.results, output=args.output)
+    else:
+        from lavin_lightning.metrics import vqa as vqa_metrics
+
+        if args.task == "vqa":
+            scores = vqa_metrics.score_vqa_files(args.questions, args.annotations, args.results, mode=args.mode,
+                                                 output=args.output)
+            scores = {k: v for k, v in scores.items() if k != "evalQA"}  # per question: in the output file
+        elif args.task == "textvqa":
+            scores = vqa_metrics.score_textvqa_files(args.data, args.results, output=args.output)
+        else:
+            scores = vqa_metrics.score_aokvqa_files(args.dataset, args.predictions, output=args.output)
     print(json.dumps(scores, indent=2))
 
 
