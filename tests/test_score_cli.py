@@ -97,3 +97,26 @@ def test_score_captions_command(tmp_path):
     assert {"Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "ROUGE_1_F", "ROUGE_L_R"} <= set(scores)
     assert scores["Bleu_1"] == pytest.approx(1.0, abs=1e-6)  # every candidate equals one reference
     assert scores["ROUGE_1_F"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_fit_and_test_on_easy_vqa_with_the_official_vqa_scorer(easy_vqa, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr("sys.argv", ["lavin-lightning"])
+    run = tmp_path / "run"
+    common = ["--config", str(repo / "experiments/base/trainer_cpu.yaml"),
+              "--config", str(repo / "experiments/tiny/lavin_tiny_vqa.yaml"), f"--data.init_args.root={easy_vqa}",
+              f"--trainer.default_root_dir={run}", "--trainer.logger.class_path=lightning.pytorch.loggers.CSVLogger",
+              f"--trainer.logger.init_args.save_dir={run}"]
+    main(["fit", *common, "--trainer.max_steps=2"])
+    main(["test", *common, f"--model.init_args.adapter_path={run / 'adapter'}"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert len(results) == 30 and set(metrics) == {"overall", "perAnswerType", "perQuestionType", "evalQA"}
+    # The standalone scorer on the test loop's results file agrees with it.
+    main(["score", "vqa", "--questions", str(easy_vqa / "questions_test.json"), "--annotations",
+          str(easy_vqa / "annotations_test.json"), "--results", str(run / "results.json"),
+          "--output", str(tmp_path / "again.json")])
+    assert json.loads((tmp_path / "again.json").read_text()) == metrics

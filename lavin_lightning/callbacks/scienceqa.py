@@ -39,7 +39,15 @@ class ScienceQAEvaluation(Callback):
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.records = []
 
+    @staticmethod
+    def applies(trainer) -> bool:
+        """Only ScienceQA data modules have problems to score against (base configs list this
+        callback for every run)."""
+        return hasattr(trainer.datamodule, "problems")
+
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self.applies(trainer):
+            return
         for i, pid in enumerate(outputs["pids"]):
             self.records.append({"pid": pid, "text": outputs["texts"][i], "pred": outputs["preds"][i],
                                  "guessed": bool(outputs.get("guessed", [False] * len(outputs["pids"]))[i])})
@@ -48,6 +56,8 @@ class ScienceQAEvaluation(Callback):
         return Path(self.output_dir or trainer.default_root_dir)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if not self.applies(trainer):
+            return
         records = gather_by_pid(self.records)
         if not trainer.is_global_zero:
             return
