@@ -519,6 +519,7 @@ def _write_vqa_build(tmp: Path, easy_vqa, params: dict, sizes: dict[str, int], s
 
 def build_vqa_from_easy_vqa(
     out_dir: str | os.PathLike, *, n_train: int = 2000, n_val: int = 200, n_test: int = 400, seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write easy-VQA in the official VQA layout in ``out_dir`` and return its path.
 
@@ -531,27 +532,9 @@ def build_vqa_from_easy_vqa(
     atomic like ``build_scienceqa_from_easy_vqa``.
     """
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    for name, n in sizes.items():
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"n_{name} must be an integer >= 1, got {n!r}")
-    out = Path(os.path.abspath(out_dir))
     params = {"format": FORMAT_VERSION, "layout": "vqa", **{f"n_{k}": v for k, v in sizes.items()}, "seed": seed}
-    if out.exists():
-        if not out.is_dir() or (_read_manifest(out) is None and any(out.iterdir())):
-            raise DataError(f"{out} exists and is not an easy-VQA build; choose another output path")
-        if _is_complete(out, params):
-            return out
-    easy_vqa = _import_easy_vqa()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "building")
-    tmp.mkdir()
-    try:
-        _write_vqa_build(tmp, easy_vqa, params, sizes, seed)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return _build_once(out_dir, params, overwrite, lambda tmp, easy_vqa: _write_vqa_build(tmp, easy_vqa, params,
+                                                                                           sizes, seed))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -584,12 +567,19 @@ def build_scienceqa_from_easy_vqa(
             directory without a build manifest (never deleted, even with overwrite);
             easy-vqa has too few questions for the sizes asked.
     """
-    for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+    params = {"format": FORMAT_VERSION, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed}
+    return _build_once(out_dir, params, overwrite,
+                       lambda tmp, easy_vqa: _write_build(tmp, easy_vqa, params, n_train, n_val, n_test, seed))
+
+
+def _build_once(out_dir, params: dict, overwrite: bool, write) -> Path:
+    """Run ``write(tmp, easy_vqa)`` into a temporary sibling of ``out_dir`` and rename it
+    into place; return at once when ``out_dir`` already holds a build with ``params``."""
+    for name in ("n_train", "n_val", "n_test"):
+        n = params[name]
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {n!r}")
     out = Path(os.path.abspath(out_dir))  # absolute: "." has no name to build a sibling from
-    params = {"format": FORMAT_VERSION, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed}
-
     if out.exists():
         if not out.is_dir():
             raise DataError(f"{out} exists and is not a directory; choose another output path")
@@ -608,7 +598,7 @@ def build_scienceqa_from_easy_vqa(
     tmp = _sibling(out, "building")
     tmp.mkdir()
     try:
-        _write_build(tmp, easy_vqa, params, n_train, n_val, n_test, seed)
+        write(tmp, easy_vqa)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -640,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.layout == "vqa":
             out = build_vqa_from_easy_vqa(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                                          seed=args.seed)
+                                          seed=args.seed, overwrite=args.overwrite)
             print(f"easy-VQA in the VQA layout: {out} {json.dumps((_read_manifest(out) or {}).get('counts'))}")
             return 0
         out = build_scienceqa_from_easy_vqa(
