@@ -93,9 +93,11 @@ def test_params_command_prints_a_table(capsys):
     [("experiments/baselines/alpaca_llama_adapter_7b.yaml", 1_229_760),  # LLaMA-Adapter paper: 1.2M
      ("experiments/excitor/alpaca_excitor_7b.yaml", 7_619_520),  # K = 30, r = 16, top 30 layers
      ("experiments/baselines/alpaca_lora_7b.yaml", 4_194_304),
-     ("experiments/lavin/chatbot_lavin_7b.yaml", 3_781_296)],
+     ("experiments/lavin/chatbot_lavin_7b.yaml", 3_781_296),
+     ("experiments/lavin/coco_caption_lavin_13b.yaml", 5_390_080)],  # LaVIN Table 4: 5.4M
 )
 def test_instruction_tuning_counts_on_meta(row, trainable, capsys):
     report = param_report(row, capsys=capsys)
     assert report["trainable"] == trainable
-    assert report["groups"]["llm (frozen)"]["total"] == 6_738_415_616
+    llama_total = 13_015_864_320 if "13b" in row else 6_738_415_616
+    assert report["groups"]["llm (frozen)"]["total"] == llama_total
