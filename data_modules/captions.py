@@ -20,15 +20,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
 from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule, image_transform
 from data_modules.instruct import (
     InstructRecord,
     ReadReport,
+    RoleDataLoaders,
     _BadRecord,
-    _loader,
     _log,
     _log_counts,
     check_on_bad_record,
@@ -67,7 +64,7 @@ class _Image:
         self.imgid, self.image_id, self.split, self.path, self.sentences = imgid, image_id, split, path, sentences
 
 
-class CaptionDataModule(GlobalBatchDataModule):
+class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
     """COCO / Flickr30K captions on the Karpathy splits.
 
     Each image becomes the user turn ``prompt`` of the prompt ``template``; train rows supervise
@@ -315,24 +312,3 @@ class CaptionDataModule(GlobalBatchDataModule):
 
     # ----------------------------------------------------------------- loaders
 
-    def _dataset(self, role: str) -> ScienceQADataset:
-        if role not in self.datasets:
-            raise ConfigError(f"the {role} dataset is not set up; call setup() first")
-        return self.datasets[role]
-
-    def _eval_loader(self, role: str) -> DataLoader:
-        batch = self.eval_batch_size or self.per_device_batch_size
-        return _loader(self._dataset(role), self.tokenizer, batch, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return _loader(self._dataset("train"), self.tokenizer, self.per_device_batch_size, self.num_workers, generator)
-
-    def _val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("predict")

@@ -328,6 +328,35 @@ def _loader(
     )
 
 
+class RoleDataLoaders:
+    """train/val/test/predict loaders over ``self.datasets[role]``, for data modules that set
+    ``datasets``, ``tokenizer``, ``seed``, ``num_workers``, ``eval_batch_size`` and the per-device
+    batch (the VQA and caption modules); ``_val_dataloader`` is bound as ``val_dataloader``
+    only when there is validation data."""
+
+    def _dataset(self, role: str) -> ScienceQADataset:
+        if role not in self.datasets:
+            raise ConfigError(f"the {role} dataset is not set up; call setup() first")
+        return self.datasets[role]
+
+    def _eval_loader(self, role: str) -> DataLoader:
+        batch = self.eval_batch_size or self.per_device_batch_size
+        return _loader(self._dataset(role), self.tokenizer, batch, self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return _loader(self._dataset("train"), self.tokenizer, self.per_device_batch_size, self.num_workers, generator)
+
+    def _val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")
+
+
 def _log_read(path: str, n_records: int, read: ReadReport) -> None:
     if read.skipped:
         _log(logging.WARNING, "%s: kept %d records, skipped %d bad ones (on_bad_record='skip'): %s",

@@ -21,15 +21,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
 from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule, image_transform
 from data_modules.instruct import (
     InstructRecord,
     ReadReport,
+    RoleDataLoaders,
     _BadRecord,
-    _loader,
     _log,
     _log_counts,
     check_on_bad_record,
@@ -92,7 +89,7 @@ def _check_answers(annotation: dict) -> str:
     return answer
 
 
-class VQADataModule(GlobalBatchDataModule):
+class VQADataModule(RoleDataLoaders, GlobalBatchDataModule):
     """Open-ended VQA (VQAv2, OK-VQA, easy-VQA) in the official questions/annotations layout.
 
     Each question becomes the user turn ``prompt.format(question=...)`` of the prompt
@@ -377,24 +374,3 @@ class VQADataModule(GlobalBatchDataModule):
 
     # ----------------------------------------------------------------- loaders
 
-    def _dataset(self, role: str) -> ScienceQADataset:
-        if role not in self.datasets:
-            raise ConfigError(f"the {role} dataset is not set up; call setup() first")
-        return self.datasets[role]
-
-    def _eval_loader(self, role: str) -> DataLoader:
-        batch = self.eval_batch_size or self.per_device_batch_size
-        return _loader(self._dataset(role), self.tokenizer, batch, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return _loader(self._dataset("train"), self.tokenizer, self.per_device_batch_size, self.num_workers, generator)
-
-    def _val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("predict")
