@@ -10,18 +10,16 @@ logs the scores and a table of references and outputs.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lavin_lightning.callbacks.predictions import gather_by_pid
+from lavin_lightning.callbacks.predictions import TestScoring
 from lavin_lightning.callbacks.vqa import generated_answer
 from lavin_lightning.io import write_json
 from lavin_lightning.metrics.captions import ALL_METRICS, score_captions
 
 
-class CaptionEvaluation(Callback):
+class CaptionEvaluation(TestScoring):
     """COCO caption metrics for every test run (COCO Karpathy, Flickr30K).
 
     Args:
@@ -32,36 +30,18 @@ class CaptionEvaluation(Callback):
         table_rows: rows of the predictions table sent to W&B.
     """
 
+    datamodule_attribute = "references"  # caption data modules: reference sentences per role
+
     def __init__(self, output_dir: str | None = None, metrics: list[str] | None = None, table_rows: int = 200):
-        self.output_dir = output_dir
+        super().__init__(output_dir, table_rows)
         self.metrics_to_run = tuple(metrics) if metrics else ALL_METRICS
-        self.table_rows = table_rows
-        self.records: list[dict] = []
-        self.metrics: dict | None = None
 
-    @staticmethod
-    def applies(trainer) -> bool:
-        """Only caption data modules hold references to score against."""
-        return hasattr(trainer.datamodule, "references")
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self.records = []
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self.applies(trainer):
-            self.records += [{"pid": pid, "text": text} for pid, text in zip(outputs["pids"], outputs["texts"])]
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not self.applies(trainer):
-            return
-        records = gather_by_pid(self.records)
-        if not trainer.is_global_zero:
-            return
+    def score(self, trainer, records: list[dict]) -> None:
         references = trainer.datamodule.references("test")
         by_pid = {r["pid"]: generated_answer(r["text"]) for r in records}
         results = {image_id: by_pid[str(image_id)] for image_id in references}
         scores = score_captions(references, results, metrics=self.metrics_to_run)
-        out = Path(self.output_dir or trainer.default_root_dir)
+        out = self.output_path(trainer)
         write_json(out / "results.json", [{"image_id": k, "caption": v} for k, v in results.items()], indent=1)
         write_json(out / "metrics.json", scores)
         self.metrics = scores

@@ -1,4 +1,4 @@
-"""Write what `predict_step` generates to `predictions.jsonl`, one line per sample, on rank 0."""
+"""Prediction gathering and writing: `predictions.jsonl` for `predict`, and the base of the test-scoring callbacks."""
 
 from __future__ import annotations
 
@@ -23,6 +23,50 @@ def gather_by_pid(records: list[dict]) -> list[dict]:
         for record in part:
             merged.setdefault(record["pid"], record)
     return list(merged.values())
+
+
+class TestScoring(Callback):
+    """Base of the callbacks that score `test` generations: collects one record per sample,
+    gathers them across processes and scores them once, on rank 0 (`score`).
+
+    Base configs list every such callback for every run; each acts only on data modules that
+    have `datamodule_attribute` (what it scores against).
+    """
+
+    datamodule_attribute = ""
+
+    def __init__(self, output_dir: str | None = None, table_rows: int = 200):
+        self.output_dir = output_dir
+        self.table_rows = table_rows
+        self.records: list[dict] = []
+        self.metrics: dict | None = None
+
+    def applies(self, trainer) -> bool:
+        return hasattr(trainer.datamodule, self.datamodule_attribute)
+
+    def output_path(self, trainer) -> Path:
+        return Path(self.output_dir or trainer.default_root_dir)
+
+    def record(self, outputs: dict, index: int) -> dict:
+        """What is kept of sample `index` of a test batch's outputs."""
+        return {"pid": outputs["pids"][index], "text": outputs["texts"][index]}
+
+    def score(self, trainer, records: list[dict]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement score()")
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.records = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.applies(trainer):
+            self.records += [self.record(outputs, i) for i in range(len(outputs["pids"]))]
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if not self.applies(trainer):
+            return
+        records = gather_by_pid(self.records)
+        if trainer.is_global_zero:
+            self.score(trainer, records)
 
 
 class WritePredictions(Callback):

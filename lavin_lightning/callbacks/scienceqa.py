@@ -9,19 +9,17 @@ gathers it across processes, scores it with `metrics.scienceqa.score_scienceqa`,
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lavin_lightning.callbacks.predictions import gather_by_pid
+from lavin_lightning.callbacks.predictions import TestScoring
 from lavin_lightning.io import write_json
 from lavin_lightning.metrics.scienceqa import score_scienceqa
 
 log = logging.getLogger(__name__)
 
 
-class ScienceQAEvaluation(Callback):
+class ScienceQAEvaluation(TestScoring):
     """Official ScienceQA accuracy for every test run.
 
     Args:
@@ -30,37 +28,13 @@ class ScienceQAEvaluation(Callback):
         table_rows: rows of the predictions table sent to W&B.
     """
 
-    def __init__(self, output_dir: str | None = None, table_rows: int = 200):
-        self.output_dir = output_dir
-        self.table_rows = table_rows
-        self.records: list[dict] = []
-        self.metrics: dict | None = None
+    datamodule_attribute = "problems"
 
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self.records = []
+    def record(self, outputs: dict, index: int) -> dict:
+        guessed = outputs.get("guessed", [False] * len(outputs["pids"]))
+        return {**super().record(outputs, index), "pred": outputs["preds"][index], "guessed": bool(guessed[index])}
 
-    @staticmethod
-    def applies(trainer) -> bool:
-        """Only ScienceQA data modules have problems to score against (base configs list this
-        callback for every run)."""
-        return hasattr(trainer.datamodule, "problems")
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not self.applies(trainer):
-            return
-        for i, pid in enumerate(outputs["pids"]):
-            self.records.append({"pid": pid, "text": outputs["texts"][i], "pred": outputs["preds"][i],
-                                 "guessed": bool(outputs.get("guessed", [False] * len(outputs["pids"]))[i])})
-
-    def output_path(self, trainer) -> Path:
-        return Path(self.output_dir or trainer.default_root_dir)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not self.applies(trainer):
-            return
-        records = gather_by_pid(self.records)
-        if not trainer.is_global_zero:
-            return
+    def score(self, trainer, records: list[dict]) -> None:
         problems = trainer.datamodule.problems
         records.sort(key=lambda r: int(r["pid"]) if r["pid"].isdigit() else r["pid"])
         predictions = {r["pid"]: r["pred"] for r in records}

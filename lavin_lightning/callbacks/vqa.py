@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
-from lightning.pytorch import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from lavin_lightning.callbacks.predictions import gather_by_pid
+from lavin_lightning.callbacks.predictions import TestScoring
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import write_json
 from lavin_lightning.metrics.vqa import score_vqa
@@ -27,7 +25,7 @@ def generated_answer(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-class VQAEvaluation(Callback):
+class VQAEvaluation(TestScoring):
     """Official VQA accuracy for every test run (VQAv2, OK-VQA, the embedded easy-VQA).
 
     Args:
@@ -37,35 +35,15 @@ class VQAEvaluation(Callback):
         table_rows: rows of the predictions table sent to W&B.
     """
 
+    datamodule_attribute = "official"  # VQA data modules: questions and annotations per role
+
     def __init__(self, output_dir: str | None = None, mode: str = "official", table_rows: int = 200):
         if mode not in ("official", "legacy"):
             raise ConfigError(f"mode must be 'official' or 'legacy', got {mode!r}")
-        self.output_dir = output_dir
+        super().__init__(output_dir, table_rows)
         self.mode = mode
-        self.table_rows = table_rows
-        self.records: list[dict] = []
-        self.metrics: dict | None = None
 
-    @staticmethod
-    def applies(trainer) -> bool:
-        """Only VQA data modules hold questions and annotations to score against (base
-        configs list this callback for every run)."""
-        return hasattr(trainer.datamodule, "official")
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self.records = []
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not self.applies(trainer):
-            return
-        self.records += [{"pid": pid, "text": text} for pid, text in zip(outputs["pids"], outputs["texts"])]
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not self.applies(trainer):
-            return
-        records = gather_by_pid(self.records)
-        if not trainer.is_global_zero:
-            return
+    def score(self, trainer, records: list[dict]) -> None:
         questions, annotations = trainer.datamodule.official("test")
         if annotations is None:
             raise ConfigError("the test split has no annotations, so it cannot be scored; use `predict` instead")
@@ -73,7 +51,7 @@ class VQAEvaluation(Callback):
         results = [{"question_id": q["question_id"], "answer": generated_answer(texts[str(q["question_id"])])}
                    for q in questions["questions"]]
         metrics = score_vqa(questions, annotations, results, mode=self.mode)
-        out = Path(self.output_dir or trainer.default_root_dir)
+        out = self.output_path(trainer)
         write_json(out / "results.json", results, indent=1)
         write_json(out / "metrics.json", metrics)
         self.metrics = {k: v for k, v in metrics.items() if k != "evalQA"}
