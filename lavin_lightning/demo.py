@@ -22,7 +22,8 @@ import torch
 
 from data_modules.easy_vqa import build_scienceqa_from_easy_vqa
 from data_modules.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
-from data_modules.scienceqa import ScienceQADataModule, instruction_prompt
+from data_modules.scienceqa import ScienceQADataModule
+from data_modules.templates import encode_conversation
 from lavin_lightning.adapters.mma import MMAConfig
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
@@ -40,8 +41,7 @@ CATEGORIES = list(PAPER_LABELS.items())
 
 def text_batch(tokenizer, instructions: list[str]) -> dict:
     """Text-only prompts in the pipeline's own layout (BOS + prompt; no image)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    rows = [bos + tokenizer(instruction_prompt(q), add_special_tokens=False).input_ids for q in instructions]
+    rows = [encode_conversation(tokenizer, "lavin", [(q, None)])[0] for q in instructions]
     width = max(map(len, rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {
