@@ -30,10 +30,11 @@ from data_modules.instruct import (
     _log_counts,
     check_on_bad_record,
     encode_records,
+    resolve_instruction_tokenizer,
     resolve_tokenizer,
 )
 from data_modules.scienceqa import ScienceQADataset
-from data_modules.templates import check_max_seq_len, check_template
+from data_modules.templates import check_max_seq_len, check_template, instruction_suffix
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.io import read_json
 
@@ -106,6 +107,9 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
         on_bad_record: "error" stops at the first bad image (no sentences, non-string raw,
             unknown split, duplicate imgid, missing image file); "skip" leaves it out and counts
             it in ``report`` ("file" for the file checks, the role for missing image files).
+        original_instructions: PETAL's "original instructions" (paper Table 7), "caption" or "vqa",
+            stacked line by line after the instruction given to a model's instruction encoder
+            (InstructBLIP's Q-Former); None = the instruction alone. The LLM prompt is unchanged.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
         num_workers: int = 0,
         tokenizer: Any = None,
         on_bad_record: str = "error",
+        original_instructions: str | None = None,
     ) -> None:
         super().__init__(global_batch_size, micro_batch_size, num_workers)
         self.karpathy_file = Path(karpathy_file)
@@ -162,6 +167,8 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
         self.seed = seed
         self.tokenizer = tokenizer
         self.on_bad_record = check_on_bad_record(on_bad_record)
+        instruction_suffix(original_instructions)  # fail at construction on an unknown set
+        self.original_instructions = original_instructions
         self.image_size = image_size
         self.transform = image_transform(image_size, image_mean, image_std)
         self.datasets: dict[str, ScienceQADataset] = {}
@@ -263,7 +270,8 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
             _log(logging.INFO, "%s has no %s images; validation is skipped", self.karpathy_file,
                  self.role_splits["val"][0])
             return False
-        samples, counts = encode_records(self._records(role, images), tokenizer, self.template, self.max_seq_len)
+        samples, counts = encode_records(self._records(role, images), tokenizer, self.template, self.max_seq_len,
+            resolve_instruction_tokenizer(self), instruction_suffix(self.original_instructions))
         if not samples:
             raise DataError(f"{self.karpathy_file}: no {role} samples left: {self.report[role]}")
         self.report[role].update(counts)

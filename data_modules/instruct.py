@@ -272,29 +272,43 @@ def read_prompts(path: str | Path, on_bad_record: str = "error") -> tuple[list[I
 
 
 def encode_records(
-    records: list[InstructRecord], tokenizer, template: str, max_seq_len: int
+    records: list[InstructRecord],
+    tokenizer,
+    template: str,
+    max_seq_len: int,
+    instruction_tokenizer=None,
+    instruction_suffix: str = "",
+    instruction_max_len: int = 128,
 ) -> tuple[list[ScienceQASample], dict[str, int]]:
     """Samples for the records plus ``{"samples", "truncated", "dropped"}`` counts.
 
     The same encoding as :func:`data_modules.templates.encode_conversation`, with one
     batched tokenizer call. ``truncated`` counts samples longer than ``max_seq_len``;
-    ``dropped`` those of them with no supervised token left (left out).
+    ``dropped`` those of them with no supervised token left (left out). With an
+    ``instruction_tokenizer`` (a model's instruction encoder, e.g. InstructBLIP's Q-Former)
+    each sample also carries its first user turn plus ``instruction_suffix`` tokenised by it
+    (special tokens included, at most ``instruction_max_len`` ids).
     """
     segments = [conversation_segments(template, r.turns, r.input_text) for r in records]
     texts = [text for parts in segments for text, _ in parts]
     ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    instructions = iter([None] * len(records))
+    if instruction_tokenizer is not None and records:
+        instructions = iter(instruction_tokenizer([r.turns[0][0] + instruction_suffix for r in records],
+                                                  truncation=True, max_length=instruction_max_len)["input_ids"])
     bos, eos = tokenizer.bos_token_id, eos_token_id(tokenizer)
     samples, truncated, dropped = [], 0, 0
     for record, parts in zip(records, segments):
         input_ids, labels, cut = assemble_conversation(
             [next(ids) for _ in parts], [answer for _, answer in parts], bos, eos, max_seq_len
         )
+        instruction_ids = next(instructions)
         truncated += cut
         # Only a cut sample can lose all its targets (an uncut one keeps at least EOS).
         if cut and labels is not None and labels.count(IGNORE_INDEX) == len(labels):
             dropped += 1
             continue
-        samples.append(ScienceQASample(record.pid, input_ids, labels, record.image, n_choices=0))
+        samples.append(ScienceQASample(record.pid, input_ids, labels, record.image, 0, instruction_ids))
     return samples, {"samples": len(samples), "truncated": truncated, "dropped": dropped}
 
 
@@ -310,6 +324,13 @@ def resolve_tokenizer(datamodule: L.LightningDataModule):
         )
     eos_token_id(datamodule.tokenizer)
     return datamodule.tokenizer
+
+
+def resolve_instruction_tokenizer(datamodule: L.LightningDataModule):
+    """The attached LightningModule's ``instruction_tokenizer`` (None for models without an
+    instruction encoder), else the data module's own ``instruction_tokenizer`` attribute."""
+    module = datamodule.trainer.lightning_module if datamodule.trainer is not None else None
+    return getattr(module, "instruction_tokenizer", None) or getattr(datamodule, "instruction_tokenizer", None)
 
 
 def _loader(

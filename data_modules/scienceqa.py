@@ -112,6 +112,8 @@ class ScienceQASample:
     labels: list[int] | None
     image_path: Path | None
     n_choices: int
+    # The instruction alone, tokenised for a model's instruction encoder (InstructBLIP's Q-Former).
+    instruction_ids: list[int] | None = None
 
 
 class ScienceQADataset(Dataset):
@@ -140,6 +142,7 @@ class ScienceQADataset(Dataset):
             "pixel_values": pixels,
             "has_image": s.image_path is not None,
             "n_choices": s.n_choices,
+            "instruction_ids": None if s.instruction_ids is None else torch.tensor(s.instruction_ids, dtype=torch.long),
         }
 
 
@@ -179,7 +182,20 @@ class ScienceQACollator:
         }
         if with_labels:
             batch["labels"] = labels
+        if items[0].get("instruction_ids") is not None:
+            batch["instruction_input_ids"], batch["instruction_attention_mask"] = _pad_right(
+                [item["instruction_ids"] for item in items])
         return batch
+
+
+def _pad_right(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids (pad 0, never attended) and their attention mask."""
+    ids = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, r in enumerate(rows):
+        ids[row, : len(r)] = r
+        mask[row, : len(r)] = 1
+    return ids, mask
 
 
 # --------------------------------------------------------------------------- data module

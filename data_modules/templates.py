@@ -6,6 +6,8 @@ Two templates, selected by name:
   "### Response:" directly (no separator), then EOS.
 - ``"lavin"``: LaVIN's plain "Instruction: ...\\n[Input: ...\\n]Response:"; the response
   follows after one space, then EOS.
+- ``"plain"``: the user text verbatim (InstructBLIP / LAVIS: the task instruction is the
+  whole prompt); the response is tokenised on its own and follows directly, then EOS.
 
 A conversation is a list of ``(user, assistant)`` turns. The first user turn renders as
 the template's prompt, later ones as a short continuation; every assistant answer is
@@ -23,7 +25,7 @@ from lavin_lightning.errors import ConfigError
 # Cross-entropy's default ignore_index; kept here too since scienceqa.py imports this module.
 IGNORE_INDEX = -100
 
-TEMPLATES = ("alpaca", "lavin")
+TEMPLATES = ("alpaca", "lavin", "plain")
 
 _ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -39,8 +41,34 @@ _ALPACA = (
 _FOLLOW_UP = {
     "alpaca": "\n\n### Instruction:\n{instruction}\n\n### Response:",
     "lavin": "\nInstruction: {instruction}\nResponse:",
+    "plain": "\n{instruction}",
 }
-_ANSWER_PREFIX = {"alpaca": "", "lavin": " "}
+_ANSWER_PREFIX = {"alpaca": "", "lavin": " ", "plain": ""}
+
+# PETAL's "original instructions" (paper Table 7), stacked line by line after the task
+# instruction as the instruction-encoder input when a data module sets ``original_instructions``.
+ORIGINAL_INSTRUCTIONS = {  # the release's strings (datasets' Instruct_1..3), without the paper's "?"
+    "caption": (
+        "What objects are in the picture",
+        "What are the characteristics of the objects in the picture",
+        "What is the relationship between the objects in the picture",
+    ),
+    "vqa": (
+        "What objects are in the picture",
+        "What color are the objects in the picture",
+        "What are the characteristics of the objects in the picture",
+    ),
+}
+
+
+def instruction_suffix(original_instructions: str | None) -> str:
+    """The text appended to the instruction-encoder input: nothing, or a set of Table 7's lines."""
+    if original_instructions is None:
+        return ""
+    if original_instructions not in ORIGINAL_INSTRUCTIONS:
+        raise ConfigError(f"unknown original_instructions {original_instructions!r}; expected None or one of "
+                          f"{list(ORIGINAL_INSTRUCTIONS)}")
+    return "".join("\n" + line for line in ORIGINAL_INSTRUCTIONS[original_instructions])
 
 
 def instruction_prompt(instruction: str, input_text: str = "") -> str:
@@ -90,6 +118,8 @@ def conversation_segments(
         if index == 0 and template == "alpaca":
             head = _ALPACA_WITH_INPUT if input_text else _ALPACA
             segments.append((head.format(instruction=user, input=input_text), False))
+        elif index == 0 and template == "plain":
+            segments.append((f"{user}\n{input_text}" if input_text else user, False))
         elif index == 0:
             segments.append((instruction_prompt(user, input_text), False))
         else:

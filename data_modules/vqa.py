@@ -31,10 +31,11 @@ from data_modules.instruct import (
     _log_counts,
     check_on_bad_record,
     encode_records,
+    resolve_instruction_tokenizer,
     resolve_tokenizer,
 )
 from data_modules.scienceqa import ScienceQADataset
-from data_modules.templates import check_max_seq_len, check_template
+from data_modules.templates import check_max_seq_len, check_template, instruction_suffix
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.io import read_json
 
@@ -141,6 +142,9 @@ class VQADataModule(RoleDataLoaders, GlobalBatchDataModule):
         on_bad_record: "error" stops at the first bad question (no or several annotations,
             annotation of an unknown question, duplicate id, non-string answer, missing image);
             "skip" leaves bad questions out and counts them per role and reason (``report``).
+        original_instructions: PETAL's "original instructions" (paper Table 7), "caption" or "vqa",
+            stacked line by line after the instruction given to a model's instruction encoder
+            (InstructBLIP's Q-Former); None = the instruction alone. The LLM prompt is unchanged.
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class VQADataModule(RoleDataLoaders, GlobalBatchDataModule):
         num_workers: int = 0,
         tokenizer: Any = None,
         on_bad_record: str = "error",
+        original_instructions: str | None = None,
     ) -> None:
         super().__init__(global_batch_size, micro_batch_size, num_workers)
         self.root = Path(root)
@@ -203,6 +208,8 @@ class VQADataModule(RoleDataLoaders, GlobalBatchDataModule):
         self.seed = seed
         self.tokenizer = tokenizer
         self.on_bad_record = check_on_bad_record(on_bad_record)
+        instruction_suffix(original_instructions)  # fail at construction on an unknown set
+        self.original_instructions = original_instructions
         self.image_size = image_size
         self.transform = image_transform(image_size, image_mean, image_std)
         self.datasets: dict[str, ScienceQADataset] = {}
@@ -340,7 +347,8 @@ class VQADataModule(RoleDataLoaders, GlobalBatchDataModule):
             _log(logging.INFO, "%s has no questions; validation is skipped", self.questions_file(role))
             return
         chosen = self._select(role, len(records))
-        samples, counts = encode_records([records[i] for i in chosen], tokenizer, self.template, self.max_seq_len)
+        samples, counts = encode_records([records[i] for i in chosen], tokenizer, self.template, self.max_seq_len,
+            resolve_instruction_tokenizer(self), instruction_suffix(self.original_instructions))
         if not samples:
             raise DataError(f"{self.questions_file(role)}: no {role} samples left: {self.report[role]}")
         # Official dicts cover exactly the rows served (after limits, k-shot and dropped long rows).

@@ -124,11 +124,11 @@ def test_instruction_prompt_moved_but_unchanged():
 
 
 def test_unknown_template_lists_the_names(tmp_path):
-    with pytest.raises(ConfigError, match="'alpaca', 'lavin'"):
+    with pytest.raises(ConfigError, match="'alpaca', 'lavin', 'plain'"):
         render_prompt("vicuna", "Hi")
-    with pytest.raises(ConfigError, match="'alpaca', 'lavin'"):
+    with pytest.raises(ConfigError, match="'alpaca', 'lavin', 'plain'"):
         alpaca_dm(tmp_path / "a.json", template="vicuna")
-    assert TEMPLATES == ("alpaca", "lavin")
+    assert TEMPLATES == ("alpaca", "lavin", "plain")
 
 
 def test_multi_turn_segments():
@@ -144,7 +144,7 @@ def test_multi_turn_segments():
 # --------------------------------------------------------------------------- Alpaca
 
 
-@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("template", ["alpaca", "lavin"])
 def test_alpaca_supervises_exactly_output_and_eos(tmp_path, template):
     dm = alpaca_dm(write_json(tmp_path / "alpaca.json", ALPACA), template=template)
     dm.setup("fit")
@@ -165,6 +165,13 @@ def test_alpaca_supervises_exactly_output_and_eos(tmp_path, template):
         ALPACA_NO_INPUT + "Blue.</s>" if template == "alpaca" else "Instruction: Name a colour.\nResponse: Blue.</s>")
     assert TOK.decode(train[1]["input_ids"][1:].tolist()).startswith(
         ALPACA_INPUT if template == "alpaca" else "Instruction: Translate to French.\nInput: Good morning\n")
+
+
+def test_plain_template_is_the_instruction_verbatim():
+    assert render_prompt("plain", "Question: what? Short answer:") == "Question: what? Short answer:"
+    ids, labels, _ = encode_conversation(TOK, "plain", [("Question: what? Short answer:", "red")])
+    assert TOK.decode(ids) == "<s>Question: what? Short answer:red</s>"  # the answer is tokenised on its own
+    assert TOK.decode([i for i, label in zip(ids, labels) if label != -100]) == "red</s>"
 
 
 def test_alpaca_batches_follow_the_contract(tmp_path):
@@ -238,7 +245,7 @@ def test_validation_runs_only_with_held_out_data(tmp_path, val_size, val_steps):
 # --------------------------------------------------------------------------- LLaVA
 
 
-@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("template", ["alpaca", "lavin"])
 def test_llava_multi_turn_supervises_only_answers(tmp_path, template):
     dm = llava_dm(write_json(tmp_path / "llava.json", LLAVA), write_images(tmp_path / "images"), template=template)
     dm.setup("fit")
@@ -268,7 +275,7 @@ def test_llava_multi_turn_supervises_only_answers(tmp_path, template):
     assert batch["has_image"].all() and batch["pixel_values"].shape == (2, 3, 16, 16)
 
 
-@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("template", ["alpaca", "lavin"])
 def test_generation_prompt_is_the_prefix_of_the_training_encoding(tmp_path, template):
     dm = llava_dm(write_json(tmp_path / "llava.json", LLAVA[:1]), write_images(tmp_path / "images"), template=template)
     dm.setup("fit")
