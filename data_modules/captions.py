@@ -112,6 +112,8 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
             (InstructBLIP's Q-Former); None = the instruction alone. The LLM prompt is unchanged.
     """
 
+    expected = _KARPATHY  # the format, quoted in bad-record messages
+
     def __init__(
         self,
         karpathy_file: str,
@@ -231,10 +233,24 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
         self._valid = valid
         return valid
 
+    # What a caption format with other files overrides (TextCaps): where a role's images come
+    # from and how messages name the file and an image.
+
+    def _candidates(self, role: str) -> list[_Image]:
+        """The valid images of ``role``'s splits, in file order."""
+        return [im for im in self._read_file() if im.split in self.role_splits[role]]
+
+    def _source(self, role: str) -> Path:
+        """The file ``role``'s images are read from."""
+        return self.karpathy_file
+
+    def _where(self, im: _Image) -> str:
+        return f"{self.karpathy_file}: image imgid {im.imgid!r}"
+
     def _select(self, role: str) -> list[_Image]:
         """The served images: the first ``limit`` with an existing file, then for train the k-shot draw."""
         report, limit = ReadReport(self.on_bad_record), self.limits[role]
-        candidates = [im for im in self._read_file() if im.split in self.role_splits[role]]
+        candidates = self._candidates(role)
 
         def exists(im: _Image) -> _Image:
             # Checked here (setup) so that a missing image cannot stop an epoch halfway.
@@ -246,7 +262,7 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
         for im in candidates:
             if limit is not None and len(chosen) == limit:
                 break
-            kept = report.screen(f"{self.karpathy_file}: image imgid {im.imgid!r}", _KARPATHY, exists, im)
+            kept = report.screen(self._where(im), self.expected, exists, im)
             if kept is not None:
                 chosen.append(kept)
         self.report[role] = {"images": len(candidates), "skipped": dict(report.skipped)}
@@ -267,13 +283,13 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
     def _build(self, role: str, tokenizer) -> bool:
         images = self._select(role)
         if role == "val" and not self.report["val"]["images"]:
-            _log(logging.INFO, "%s has no %s images; validation is skipped", self.karpathy_file,
+            _log(logging.INFO, "%s has no %s images; validation is skipped", self._source(role),
                  self.role_splits["val"][0])
             return False
         samples, counts = encode_records(self._records(role, images), tokenizer, self.template, self.max_seq_len,
             resolve_instruction_tokenizer(self), instruction_suffix(self.original_instructions))
         if not samples:
-            raise DataError(f"{self.karpathy_file}: no {role} samples left: {self.report[role]}")
+            raise DataError(f"{self._source(role)}: no {role} samples left: {self.report[role]}")
         self.report[role].update(counts)
         _log_counts(f"{type(self).__name__} {role}", counts, self.max_seq_len)
         # References cover the images of the rows served (after limits, k-shot and dropped long rows).

@@ -360,6 +360,11 @@ class RoleDataLoaders:
             raise ConfigError(f"the {role} dataset is not set up; call setup() first")
         return self.datasets[role]
 
+    def image_paths(self, role: str) -> dict[str, Path | None]:
+        """``{pid: image file}`` of the samples served in ``role`` (None for a text-only sample),
+        for the image column of the test scoring callbacks' W&B tables."""
+        return {s.pid: s.image_path for s in self._dataset(role).samples}
+
     def _eval_loader(self, role: str) -> DataLoader:
         batch = self.eval_batch_size or self.per_device_batch_size
         return _loader(self._dataset(role), self.tokenizer, batch, self.num_workers)

@@ -98,12 +98,56 @@ class NormThenAdapter(nn.Module):
         self.norm = norm
         self.adapter = adapter
 
+    @property
+    def weight(self) -> torch.Tensor:  # backbones that read their norm's `.weight` (dtype) still work
+        return self.norm.weight
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         normed = self.norm(hidden_states)
         if not self.adapter.active:
             return normed
         dtype = next(self.adapter.parameters()).dtype
         return self.adapter(normed.to(dtype)).to(normed.dtype)
+
+
+class LinearWithDelta(nn.Module):
+    """`delta(x, base_layer(x))`: the seam of adapters that add to (or rescale) a frozen
+    nn.Linear's output (PETAL's mode-approximation deltas). The original layer stays as
+    `.base_layer`, frozen and untouched; the delta runs in its own dtype."""
+
+    def __init__(self, base_layer: nn.Linear, delta: AdapterModule):
+        super().__init__()
+        self.base_layer = base_layer
+        self.delta = delta
+
+    @property
+    def weight(self) -> torch.Tensor:  # code that reads `.weight` of the wrapped layer still works
+        return self.base_layer.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if not self.delta.active:
+            return out
+        dtype = next(self.delta.parameters()).dtype
+        return self.delta(x.to(dtype), out.to(dtype)).to(out.dtype)
+
+
+def wrap_linears(model: nn.Module, names: Sequence[str], make_delta: Callable[[str, nn.Linear], AdapterModule]) -> None:
+    """Wrap every named nn.Linear as `LinearWithDelta(linear, make_delta(name, linear))`.
+
+    Validates all targets before changing anything, so a failure leaves `model` as it was."""
+    linears = []
+    for name in names:
+        module = model.get_submodule(name)
+        if not isinstance(module, nn.Linear):
+            kind = "already carries an adapter" if isinstance(module, LinearWithDelta) else "is not an nn.Linear"
+            raise ConfigError(f"{name} {kind} ({type(module).__name__}); inject once per model, on linear layers")
+        linears.append((name, module))
+    for name, module in linears:
+        delta = make_delta(name, module)
+        if module.weight.device.type != "meta":
+            delta.to(module.weight.device)
+        replace_module(model, name, LinearWithDelta(module, delta))
 
 
 def norm_width(norm: nn.Module) -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 from lightning.pytorch import Callback
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
 
 from lavin_lightning.io import atomic_write
 
@@ -29,11 +31,13 @@ class TestScoring(Callback):
     """Base of the callbacks that score `test` generations: collects one record per sample,
     gathers them across processes and scores them once, on rank 0 (`score`).
 
-    Base configs list every such callback for every run; each acts only on data modules that
-    have `datamodule_attribute` (what it scores against).
+    Base configs list every such callback for every run; each acts only on data modules whose
+    `datamodule_attribute` (what it scores against) is set, so a subclass of a data module can
+    opt out of its parent's scorer by setting that attribute to None.
     """
 
     datamodule_attribute = ""
+    thumbnail_size = 128  # longest side of the table images, in pixels: keeps W&B runs small
 
     def __init__(self, output_dir: str | None = None, table_rows: int = 200):
         self.output_dir = output_dir
@@ -42,7 +46,7 @@ class TestScoring(Callback):
         self.metrics: dict | None = None
 
     def applies(self, trainer) -> bool:
-        return hasattr(trainer.datamodule, self.datamodule_attribute)
+        return getattr(trainer.datamodule, self.datamodule_attribute, None) is not None
 
     def output_path(self, trainer) -> Path:
         return Path(self.output_dir or trainer.default_root_dir)
@@ -53,6 +57,37 @@ class TestScoring(Callback):
 
     def score(self, trainer, records: list[dict]) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement score()")
+
+    def thumbnails(self, trainer, pids: list[str]) -> list:
+        """A `wandb.Image` thumbnail of each pid's test image (None without one); the image files
+        come from the data module's `image_paths("test")`."""
+        import wandb
+
+        paths_of = getattr(trainer.datamodule, "image_paths", None)
+        paths = paths_of("test") if paths_of is not None else {}
+        images = []
+        for pid in pids:
+            path = paths.get(pid)
+            if path is None:
+                images.append(None)
+                continue
+            with Image.open(path) as image:
+                thumbnail = image.convert("RGB")
+            thumbnail.thumbnail((self.thumbnail_size, self.thumbnail_size))
+            images.append(wandb.Image(thumbnail))
+        return images
+
+    def log_table(self, trainer, key: str, columns: list[str], rows: list[tuple[str, list]]) -> None:
+        """Log the first `table_rows` of `rows` -- `(pid, cells)` pairs -- to every W&B logger,
+        as a table with an "image" column (a thumbnail of the pid's image) before `columns`."""
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers:
+            return
+        rows = rows[: self.table_rows]
+        images = self.thumbnails(trainer, [pid for pid, _ in rows])
+        data = [[image, *cells] for image, (_, cells) in zip(images, rows, strict=True)]
+        for logger in loggers:
+            logger.log_table(key, columns=["image", *columns], data=data)
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.records = []

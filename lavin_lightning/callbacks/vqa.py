@@ -1,28 +1,36 @@
-"""Score VQA test generations with the official VQA evaluator, once, on rank 0.
+"""Score VQA-family test generations with their official evaluators, once, on rank 0.
 
 Collects the generated texts of `test_step`, gathers them across processes, turns each
-into an answer (its first line, stripped), scores the results with
-`metrics.vqa.score_vqa` against the data module's questions and annotations, writes
-`results.json` (the official results format, which `lavin-lightning score vqa` reads) and
-`metrics.json`, and logs the accuracies and a table of questions, references and outputs.
+into an answer (its first line, stripped) and scores the answers against the data module's
+ground truth: `VQAEvaluation` (VQAv2, OK-VQA) with `metrics.vqa.score_vqa`,
+`TextVQAEvaluation` with `score_textvqa`, `AOKVQAEvaluation` with `score_aokvqa`. Each
+writes `results.json` (the format the matching `lavin-lightning score` command reads) and
+`metrics.json`, and logs the accuracies and a table of questions, references, outputs and
+image thumbnails (W&B).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-
-from lightning.pytorch.loggers import WandbLogger
+from collections.abc import Iterable
 
 from lavin_lightning.callbacks.predictions import TestScoring
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import write_json
-from lavin_lightning.metrics.vqa import score_vqa
+from lavin_lightning.metrics.vqa import normalize_vqa_answer, score_aokvqa, score_textvqa, score_vqa
+
+log = logging.getLogger(__name__)
 
 
 def generated_answer(text: str) -> str:
     """The answer in a generation: its first non-empty line, stripped."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def answer_counts(answers: Iterable[str]) -> str:
+    """Human answers as the table shows them: "red x3, dark red x2", most frequent first."""
+    return ", ".join(f"{answer} x{n}" for answer, n in Counter(answers).most_common())
 
 
 class VQAEvaluation(TestScoring):
@@ -55,17 +63,15 @@ class VQAEvaluation(TestScoring):
         write_json(out / "results.json", results, indent=1)
         write_json(out / "metrics.json", metrics)
         self.metrics = {k: v for k, v in metrics.items() if k != "evalQA"}
-        logging.getLogger(__name__).info("VQA (%s): overall %s over %d questions; wrote %s", self.mode,
-                                         metrics["overall"], len(results), out / "metrics.json")
+        log.info("VQA (%s): overall %s over %d questions; wrote %s", self.mode, metrics["overall"], len(results),
+                 out / "metrics.json")
         numeric = {"test/vqa_overall": metrics["overall"],
                    **{f"test/vqa_{kind}": value for kind, value in metrics["perAnswerType"].items()}}
         for logger in trainer.loggers:
             logger.log_metrics(numeric, step=trainer.global_step)
-            if isinstance(logger, WandbLogger):
-                question_text = {q["question_id"]: q["question"] for q in questions["questions"]}
-                references = {a["question_id"]: ", ".join(f"{answer} x{n}" for answer, n in Counter(
-                    x["answer"] for x in a["answers"]).most_common()) for a in annotations["annotations"]}
-                rows = [[r["question_id"], question_text[r["question_id"]], references[r["question_id"]], r["answer"],
-                         metrics["evalQA"][r["question_id"]]] for r in results[: self.table_rows]]
-                logger.log_table("test/vqa_predictions", columns=["question_id", "question", "references", "answer",
-                                                                  "accuracy"], data=rows)
+        answers = {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations["annotations"]}
+        rows = [(str(q["question_id"]), [q["question_id"], q["question"], answer_counts(answers[q["question_id"]]),
+                                         r["answer"], metrics["evalQA"][q["question_id"]]])
+                for q, r in zip(questions["questions"], results[: self.table_rows])]  # results follow the questions
+        self.log_table(trainer, "test/vqa_predictions", ["question_id", "question", "references", "answer", "accuracy"],
+                       rows)

