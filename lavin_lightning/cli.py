@@ -9,6 +9,7 @@
     lavin-lightning table lavin-table1 [--runs runs]    paper values next to measured ones
     lavin-lightning demo [--steps N]                    the main job on the embedded default
     lavin-lightning demo instruct [--method M]          text instruction tuning on the embedded default
+    lavin-lightning demo vqa [--method M]               PETAL (or a baseline) on InstructBLIP, easy-VQA
     lavin-lightning chat --config A.yaml [--adapter DIR] [--image PATH]   interactive, streamed
     lavin-lightning evaluate mc --config A.yaml [--adapter DIR] --mmlu DIR --truthfulqa FILE
 """
@@ -193,6 +194,11 @@ def demo_main(argv: list[str]) -> None:
         from lavin_lightning.demo_instruct import main as run_instruction_demo
 
         run_instruction_demo(argv[1:])
+        return
+    if argv and argv[0] == "vqa":
+        from lavin_lightning.demo_vqa import main as run_vqa_demo
+
+        run_vqa_demo(argv[1:])
         return
     from lavin_lightning.demo import main as run_demo
 

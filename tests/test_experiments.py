@@ -13,14 +13,18 @@ from lavin_lightning.cli import main, params_main
 REPO = Path(__file__).resolve().parents[1]
 ROW_CONFIGS = sorted((REPO / "experiments").glob("*/*.yaml"))
 ROW_CONFIGS = [p for p in ROW_CONFIGS if p.parent.name != "base"]
+TASK_CONFIGS = sorted((REPO / "experiments" / "petal" / "tasks").glob("*.yaml"))
 BASE_CONFIGS = sorted((REPO / "experiments" / "base").glob("*.yaml"))
 
 
 def config_stack(path: Path) -> list[str]:
-    """The config and the files it `# extends:` (header comment), base first."""
-    match = re.search(r"^# extends: (\S+)$", path.read_text(), flags=re.M)
+    """The config, the files it `# extends:` (before it) and the file it is run `# with:` (after
+    it, e.g. a PETAL row with a task), as header comments say."""
+    text = path.read_text()
+    match = re.search(r"^# extends: (\S+)$", text, flags=re.M)
     parents = config_stack(REPO / match.group(1)) if match else []
-    return parents + [str(path)]
+    follower = re.search(r"^# with: (\S+)$", text, flags=re.M)
+    return parents + [str(path)] + ([str(REPO / follower.group(1))] if follower else [])
 
 
 @pytest.mark.parametrize("path", ROW_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -40,6 +44,22 @@ def test_row_config_instantiates(path, monkeypatch):
     assert isinstance(cli.model, PEFTModule)
     assert cli.datamodule.global_batch_size > 0
     assert cli.trainer.max_epochs >= 1
+
+
+@pytest.mark.parametrize("task", TASK_CONFIGS, ids=lambda p: p.name)
+def test_petal_tasks_stack_on_every_row(task, monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    from lavin_lightning.models.base import PEFTModule
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr("sys.argv", ["lavin-lightning"])
+    for row in sorted((REPO / "experiments" / "petal").glob("*.yaml")):
+        args = ["--config", str(REPO / "experiments/base/trainer_cpu.yaml"), "--config", str(row),
+                "--config", str(task), "--trainer.logger=false", "--trainer.enable_checkpointing=false"]
+        cli = LightningCLI(PEFTModule, None, subclass_mode_model=True, subclass_mode_data=True,
+                           run=False, args=args, save_config_callback=None)
+        assert cli.trainer.max_epochs == 5 and cli.model.generation.num_beams == 5
 
 
 @pytest.mark.parametrize("path", BASE_CONFIGS, ids=lambda p: p.name)

@@ -41,19 +41,32 @@ class LoRAConfig:
 
 def inject_lora(llm: nn.Module, config: LoRAConfig) -> list[str]:
     """Put LoRA layers on `config.target_modules`; returns the adapted module names."""
-    from peft import LoraConfig, inject_adapter_in_model
-
     layers = top_layers(llm, config.layers) if config.layers is not None else None
     # Validate before changing anything: every target must exist in the chosen layers.
     names = []
     for target in config.target_modules:
         names += match_modules(llm, rf"model\.layers\.(\d+)\.(?:self_attn|mlp)\.{target}", layers)
+    _inject_peft(llm, config, layers)
+    return names
+
+
+def _inject_peft(model: nn.Module, config: LoRAConfig, layers: list[int] | None = None) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
     peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                              target_modules=list(config.target_modules), layers_to_transform=layers, bias="none")
-    inject_adapter_in_model(peft_config, llm)
-    for layer in peft_layers(llm):
+    inject_adapter_in_model(peft_config, model)
+    for layer in peft_layers(model):
         for attr in layer.adapter_layer_names:
             getattr(layer, attr).float()  # trainable tensors in fp32 beside a half-precision backbone
+
+
+def inject_qformer_lora(qformer: nn.Module, config: LoRAConfig) -> list[str]:
+    """LoRA on the named projections of every Q-Former attention (self and cross)."""
+    names = []
+    for target in config.target_modules:
+        names += match_modules(qformer, rf"encoder\.layer\.(\d+)\.(?:attention|crossattention)\.attention\.{target}")
+    _inject_peft(qformer, config)
     return names
 
 

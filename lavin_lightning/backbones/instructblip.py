@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoTokenizer,
     InstructBlipConfig,
@@ -52,8 +53,9 @@ _FLAN_T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_lay
                     feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
                     pad_token_id=0, eos_token_id=1)
 # Tests: 16 patches + CLS of width 32, a 2-layer Q-Former (cross-attention in layer 0), byte vocab.
+# (transformers' vision default initializer_range is 1e-10, which makes random image tokens all alike.)
 _TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    image_size=32, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True)
+                    image_size=32, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True, initializer_range=0.02)
 _TINY_QFORMER = dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, cross_attention_frequency=2, encoder_hidden_size=32,
                      max_position_embeddings=256, pad_token_id=0)
@@ -68,12 +70,14 @@ NAMED_INSTRUCTBLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny-t5": dict(vision=_TINY_VISION, qformer=_TINY_QFORMER, t5=_TINY_T5, num_query_tokens=4),
     "tiny-llama": dict(vision=_TINY_VISION, qformer=_TINY_QFORMER, llama=NAMED_LLM_CONFIGS["tiny"],
                        num_query_tokens=4),
-    # The embedded default's vision tower and Q-Former (the LM comes from `language_model`).
+    # The embedded default's vision tower and Q-Former (the LM comes from `language_model`); the
+    # Q-Former has MiniLM-L6's shape so that `qformer_init` can start it from those BERT weights.
     "small": dict(vision=dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=3,
-                              image_size=64, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True),
-                  qformer=dict(vocab_size=30522, hidden_size=192, num_hidden_layers=4, num_attention_heads=4,
-                               intermediate_size=768, cross_attention_frequency=2, encoder_hidden_size=192,
-                               max_position_embeddings=512),
+                              image_size=64, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True,
+                              initializer_range=0.02),
+                  qformer=dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                               intermediate_size=1536, cross_attention_frequency=2, encoder_hidden_size=192,
+                               max_position_embeddings=512, layer_norm_eps=1e-12),
                   num_query_tokens=16),
 }
 
@@ -99,6 +103,9 @@ class InstructBLIPSpec:
         qformer_tokenizer: directory of the Q-Former's tokenizer (bert-base-uncased vocabulary) for
             config-built models; None = the byte-level tokenizer of the tiny configs. With `path`
             the directory's `qformer_tokenizer/` is used.
+        qformer_init: a BERT directory (config.json + model.safetensors) whose embeddings, self-attention
+            and FFN weights start a config-built Q-Former (both its query and text FFNs), cross-attention
+            staying random: how BLIP-2 starts its Q-Former from BERT-base. Shapes must match.
         dtype: dtype of the frozen weights (float32, bfloat16, float16).
     """
 
@@ -106,6 +113,7 @@ class InstructBLIPSpec:
     config: str | None = None
     language_model: LLMSpec | None = None
     qformer_tokenizer: str | None = None
+    qformer_init: str | None = None
     dtype: str = "float32"
 
     @property
@@ -164,9 +172,50 @@ def load_instructblip(spec: InstructBLIPSpec) -> InstructBlipForConditionalGener
         model = InstructBlipForConditionalGeneration(config)
         if spec.language_model is not None and not counting:
             model.language_model = load_causal_lm(spec.language_model)
+        if spec.qformer_init is not None and not counting:
+            init_qformer_from_bert(model.qformer, spec.qformer_init)
         model = model.to(dtype)
     model.requires_grad_(False)
     return model
+
+
+def init_qformer_from_bert(qformer: nn.Module, path: str) -> None:
+    """Copy a BERT encoder's weights into a Q-Former of the same shape (cross-attention untouched).
+
+    BERT's token-type embedding of type 0 is folded into the position embeddings, since the
+    Q-Former has no token types: every text token gets the same sum as in BERT."""
+    from safetensors.torch import load_file
+
+    root = resolve_path(path)
+    weights = root / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"qformer_init: {weights} not found; expected a BERT directory with model.safetensors")
+    bert = {k.removeprefix("bert."): v for k, v in load_file(str(weights)).items()}
+    mapping = {"embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
+               "embeddings.layernorm.weight": "embeddings.LayerNorm.weight",
+               "embeddings.layernorm.bias": "embeddings.LayerNorm.bias"}
+    for i in range(qformer.config.num_hidden_layers):
+        ours, theirs = f"encoder.layer.{i}.", f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            for proj in ("query", "key", "value"):
+                mapping[f"{ours}attention.attention.{proj}.{kind}"] = f"{theirs}attention.self.{proj}.{kind}"
+            for module in ("dense", "LayerNorm"):
+                mapping[f"{ours}attention.output.{module}.{kind}"] = f"{theirs}attention.output.{module}.{kind}"
+                for suffix in ("", "_query"):
+                    mapping[f"{ours}output{suffix}.{module}.{kind}"] = f"{theirs}output.{module}.{kind}"
+            for suffix in ("", "_query"):
+                mapping[f"{ours}intermediate{suffix}.dense.{kind}"] = f"{theirs}intermediate.dense.{kind}"
+    state = qformer.state_dict()
+    missing = sorted(v for v in mapping.values() if v not in bert)
+    wrong = [k for k, v in mapping.items() if v in bert and bert[v].shape != state[k].shape]
+    if missing or wrong:
+        raise ConfigError(f"qformer_init: {weights} does not fit this Q-Former: missing {missing[:3]}, "
+                          f"shape mismatch at {wrong[:3]} (the Q-Former config must have the BERT's shape)")
+    with torch.no_grad():
+        for ours, theirs in mapping.items():
+            state[ours].copy_(bert[theirs])
+        positions = bert["embeddings.position_embeddings.weight"] + bert["embeddings.token_type_embeddings.weight"][0]
+        state["embeddings.position_embeddings.weight"].copy_(positions)
 
 
 def load_tokenizers(spec: InstructBLIPSpec) -> tuple[Any, Any]:

@@ -42,16 +42,17 @@ HOW_TO_GET_LLM = (
 
 
 def resolve_path(path: str) -> Path:
-    """`pkg:NAME` names the directory of an installed Python package (the embedded default)."""
+    """`pkg:NAME[/SUB]` names the directory of an installed Python package (the embedded
+    default), or a folder inside it."""
     if path.startswith("pkg:"):
-        name = path[4:]
+        name, _, sub = path[4:].partition("/")
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             raise ConfigError(
                 f"package {name!r} (from path {path!r}) is not installed; `make install` "
                 f"installs it, or: pip install --no-deps {name.replace('_', '-')}"
             )
-        return Path(list(spec.submodule_search_locations)[0])
+        return Path(list(spec.submodule_search_locations)[0]) / sub
     return Path(path).expanduser()
 
 

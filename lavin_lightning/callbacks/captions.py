@@ -4,23 +4,23 @@ Collects the generated captions of `test_step`, gathers them across processes, s
 with `metrics.captions.score_captions` against the data module's references (PTB tokenizer,
 BLEU-1..4, METEOR, ROUGE-L, CIDEr, plus ROUGE-1/L F1 and recall), writes `results.json`
 (COCO results format, which `lavin-lightning score captions` reads) and `metrics.json`, and
-logs the scores and a table of references and outputs.
+logs the scores and a table of references, outputs and image thumbnails (W&B).
 """
 
 from __future__ import annotations
 
 import logging
 
-from lightning.pytorch.loggers import WandbLogger
-
 from lavin_lightning.callbacks.predictions import TestScoring
 from lavin_lightning.callbacks.vqa import generated_answer
+from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import write_json
 from lavin_lightning.metrics.captions import ALL_METRICS, score_captions
 
 
 class CaptionEvaluation(TestScoring):
-    """COCO caption metrics for every test run (COCO Karpathy, Flickr30K).
+    """COCO caption metrics for every test run (COCO Karpathy, Flickr30K, TextCaps; image ids
+    may be ints or strings, as TextCaps' hex ids).
 
     Args:
         output_dir: where results.json and metrics.json go (default: the trainer's
@@ -38,6 +38,10 @@ class CaptionEvaluation(TestScoring):
 
     def score(self, trainer, records: list[dict]) -> None:
         references = trainer.datamodule.references("test")
+        unreferenced = [image_id for image_id, sentences in references.items() if not sentences]
+        if unreferenced:  # e.g. TextCaps' test split, scored on EvalAI
+            raise ConfigError(f"test image {unreferenced[0]!r} has no reference captions, so the test split cannot "
+                              "be scored; test on a split with captions or use `predict`")
         by_pid = {r["pid"]: generated_answer(r["text"]) for r in records}
         results = {image_id: by_pid[str(image_id)] for image_id in references}
         scores = score_captions(references, results, metrics=self.metrics_to_run)
@@ -49,7 +53,6 @@ class CaptionEvaluation(TestScoring):
                                          {k: round(v, 4) for k, v in scores.items()}, len(results), out)
         for logger in trainer.loggers:
             logger.log_metrics({f"test/{k}": v for k, v in scores.items()}, step=trainer.global_step)
-            if isinstance(logger, WandbLogger):
-                rows = [[image_id, " | ".join(references[image_id]), caption]
-                        for image_id, caption in list(results.items())[: self.table_rows]]
-                logger.log_table("test/captions", columns=["image_id", "references", "generated"], data=rows)
+        rows = [(str(image_id), [image_id, " | ".join(references[image_id]), caption])
+                for image_id, caption in list(results.items())[: self.table_rows]]
+        self.log_table(trainer, "test/captions", ["image_id", "references", "generated"], rows)

@@ -71,9 +71,13 @@ class TestScoring(Callback):
             if path is None:
                 images.append(None)
                 continue
-            with Image.open(path) as image:
-                thumbnail = image.convert("RGB")
-            thumbnail.thumbnail((self.thumbnail_size, self.thumbnail_size))
+            try:
+                with Image.open(path) as image:
+                    thumbnail = image.convert("RGB")
+            except OSError:  # gone or unreadable since setup: the table goes without it, the scores stand
+                images.append(None)
+                continue
+            thumbnail.thumbnail((self.thumbnail_size, self.thumbnail_size))  # in place, never enlarges
             images.append(wandb.Image(thumbnail))
         return images
 

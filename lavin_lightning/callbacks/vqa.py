@@ -75,3 +75,113 @@ class VQAEvaluation(TestScoring):
                 for q, r in zip(questions["questions"], results[: self.table_rows])]  # results follow the questions
         self.log_table(trainer, "test/vqa_predictions", ["question_id", "question", "references", "answer", "accuracy"],
                        rows)
+
+
+class TextVQAEvaluation(TestScoring):
+    """TextVQA accuracy (the EvalAI / mmf evaluator, `score_textvqa`) for every test run on TextVQA.
+
+    The published test split has no answers (EvalAI scores it): test on the val split
+    (`splits={"test": "val"}` on the data module) or use `predict`. Writes `results.json`
+    (`[{"question_id", "answer"}]`, what `lavin-lightning score textvqa` reads) and
+    `metrics.json`; logs `test/textvqa_accuracy` (percent, rounded to 2).
+
+    Args:
+        output_dir: where results.json and metrics.json go (default: the trainer's
+            default_root_dir).
+        table_rows: rows of the predictions table sent to W&B.
+    """
+
+    datamodule_attribute = "textvqa_data"  # TextVQA data modules: the TextVQA json of the served questions
+
+    def score(self, trainer, records: list[dict]) -> None:
+        data = trainer.datamodule.textvqa_data("test")
+        unanswered = [q["question_id"] for q in data["data"] if "answers" not in q]
+        if unanswered:
+            raise ConfigError(f"test question_id {unanswered[0]!r} has no answers, so the test split cannot be scored "
+                              "(TextVQA's test split is scored on EvalAI); test on the val split or use `predict`")
+        texts = {r["pid"]: r["text"] for r in records}
+        results = [{"question_id": q["question_id"], "answer": generated_answer(texts[str(q["question_id"])])}
+                   for q in data["data"]]
+        metrics = score_textvqa(data, results)
+        out = self.output_path(trainer)
+        write_json(out / "results.json", results, indent=1)
+        write_json(out / "metrics.json", metrics)
+        self.metrics = {k: v for k, v in metrics.items() if k != "evalQA"}
+        log.info("TextVQA: accuracy %s over %d questions; wrote %s", metrics["accuracy"], len(results),
+                 out / "metrics.json")
+        for logger in trainer.loggers:
+            logger.log_metrics({"test/textvqa_accuracy": metrics["accuracy"]}, step=trainer.global_step)
+        rows = [(str(q["question_id"]), [q["question_id"], q["question"], answer_counts(q["answers"]), r["answer"],
+                                         metrics["evalQA"][q["question_id"]]])
+                for q, r in zip(data["data"], results[: self.table_rows])]
+        self.log_table(trainer, "test/textvqa_predictions",
+                       ["question_id", "question", "references", "answer", "accuracy"], rows)
+
+
+def matching_choice(answer: str, choices: list[str]) -> str | None:
+    """The first of ``choices`` equal to ``answer`` once both are normalised as VQA answers
+    (lower case, punctuation, number words, articles), else None."""
+    wanted = normalize_vqa_answer(answer)
+    if not wanted:
+        return None
+    return next((choice for choice in choices if normalize_vqa_answer(choice) == wanted), None)
+
+
+class AOKVQAEvaluation(TestScoring):
+    """A-OKVQA accuracies (allenai/aokvqa's evaluator, `score_aokvqa`) for every test run on A-OKVQA.
+
+    The model generates one free-form answer per question. Direct answer: that answer as
+    generated (first line, stripped), matched exactly against the 10 direct answers as the
+    official evaluator does (so case and punctuation count). Multiple choice: the choice equal
+    to the answer after VQA normalisation on both sides (`matching_choice`); a question whose
+    answer matches no choice has no multiple-choice prediction and is scored wrong (`strict=False`,
+    counted in `counts.missing`). The model is not shown the choices, so this multiple-choice
+    number is a lower bound of what a choice-listing prompt would give.
+
+    The published test split has no answers (the leaderboard scores it): test on the val split
+    (`splits={"test": "val"}` on the data module) or use `predict`. Writes `results.json`
+    (`{question_id: {"direct_answer", "multiple_choice"}}`, the official predictions layout) and
+    `metrics.json`; logs `test/aokvqa_direct_answer` and `test/aokvqa_multiple_choice` (percent).
+
+    Args:
+        output_dir: where results.json and metrics.json go (default: the trainer's
+            default_root_dir).
+        table_rows: rows of the predictions table sent to W&B.
+    """
+
+    datamodule_attribute = "aokvqa_dataset"  # A-OKVQA data modules: the question records served
+
+    def score(self, trainer, records: list[dict]) -> None:
+        dataset = trainer.datamodule.aokvqa_dataset("test")
+        unanswered = [q["question_id"] for q in dataset if "direct_answers" not in q or "correct_choice_idx" not in q]
+        if unanswered:
+            raise ConfigError(f"test question_id {unanswered[0]!r} has no answers, so the test split cannot be scored "
+                              "(A-OKVQA's test split is scored on its leaderboard); test on the val split or use "
+                              "`predict`")
+        texts = {r["pid"]: r["text"] for r in records}
+        predictions = {}
+        for q in dataset:
+            answer = generated_answer(texts[str(q["question_id"])])
+            choice = matching_choice(answer, q.get("choices") or [])
+            predictions[q["question_id"]] = {"direct_answer": answer, **({} if choice is None else
+                                                                          {"multiple_choice": choice})}
+        metrics = score_aokvqa(dataset, predictions, strict=False)
+        out = self.output_path(trainer)
+        write_json(out / "results.json", predictions, indent=1)
+        write_json(out / "metrics.json", metrics)
+        self.metrics = metrics
+        log.info("A-OKVQA: direct answer %s, multiple choice %s over %d questions (%d answers matched no choice); "
+                 "wrote %s", metrics["direct_answer"], metrics["multiple_choice"], len(dataset),
+                 metrics["counts"]["missing"], out / "metrics.json")
+        numeric = {f"test/aokvqa_{setting}": metrics[setting] for setting in ("direct_answer", "multiple_choice")
+                   if metrics[setting] is not None}
+        for logger in trainer.loggers:
+            logger.log_metrics(numeric, step=trainer.global_step)
+        rows = []
+        for q in dataset[: self.table_rows]:
+            prediction = predictions[q["question_id"]]
+            rows.append((str(q["question_id"]), [
+                q["question_id"], q["question"], answer_counts(q["direct_answers"]), prediction["direct_answer"],
+                " | ".join(q["choices"]), prediction.get("multiple_choice"), q["choices"][q["correct_choice_idx"]]]))
+        self.log_table(trainer, "test/aokvqa_predictions", ["question_id", "question", "direct_answers", "answer",
+                                                            "choices", "choice", "correct_choice"], rows)

@@ -14,6 +14,7 @@ text), which they add when the model has an ``instruction_tokenizer``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -23,9 +24,9 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from lavin_lightning.backbones.instructblip import InstructBLIPSpec, load_instructblip, load_tokenizers
-from lavin_lightning.models.causal_lm import IGNORE_INDEX
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.base import OptimConfig, PEFTModule
+from lavin_lightning.models.causal_lm import IGNORE_INDEX
 
 
 @dataclass
@@ -67,9 +68,6 @@ class AdaptedInstructBLIP(nn.Module):
         self.backbone = backbone
         self.decoder_only = bool(backbone.config.use_decoder_only_language_model)
         self.num_queries = backbone.config.num_query_tokens
-        # Learned tokens a method inserts into the Q-Former's text stream right after the
-        # queries (MaPLe's language prompts); the instruction mask is widened to match.
-        self.instruction_prompt_tokens = 0
         lm_config = backbone.config.text_config
         self.eos_id = tokenizer.eos_token_id if tokenizer is not None else lm_config.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer is not None else lm_config.pad_token_id
@@ -79,6 +77,13 @@ class AdaptedInstructBLIP(nn.Module):
     def language_model(self) -> nn.Module:
         return self.backbone.language_model
 
+    def instruction_prompt_tokens(self) -> int:
+        """Learned tokens a method inserts now into the Q-Former's text stream right after the
+        queries (MaPLe's language prompts; 0 while its adapters are disabled): the Q-Former's
+        embedding layer declares them as `inserted_text_tokens`, and the instruction mask is
+        widened to match."""
+        return int(getattr(self.backbone.qformer.embeddings, "inserted_text_tokens", 0))
+
     def features(self, batch: dict) -> QueryFeatures:
         ids = batch.get("instruction_input_ids")
         if ids is None:
@@ -86,8 +91,9 @@ class AdaptedInstructBLIP(nn.Module):
                               "module adds them when the model has an instruction_tokenizer; use a VQA or "
                               "caption data module, or set its instruction_tokenizer")
         mask = batch["instruction_attention_mask"]
-        if self.instruction_prompt_tokens:
-            mask = torch.cat([mask.new_ones(mask.shape[0], self.instruction_prompt_tokens), mask], dim=1)
+        inserted = self.instruction_prompt_tokens()
+        if inserted:
+            mask = torch.cat([mask.new_ones(mask.shape[0], inserted), mask], dim=1)
         vision_dtype = self.backbone.vision_model.embeddings.patch_embedding.weight.dtype
         out = self.backbone.get_image_features(
             batch["pixel_values"].to(vision_dtype), qformer_input_ids=ids, qformer_attention_mask=mask,
@@ -135,7 +141,7 @@ class AdaptedInstructBLIP(nn.Module):
             embeds[i, start: start + self.num_queries] = projected[i].to(dtype)
             embeds[i, start + self.num_queries: start + n] = self._embed(text)
             mask[i, start: start + n] = 1
-        return embeds, mask, texts
+        return embeds, mask
 
     # -- loss -----------------------------------------------------------------------
     def loss(self, batch: dict, features: QueryFeatures | None = None) -> torch.Tensor:
@@ -144,14 +150,14 @@ class AdaptedInstructBLIP(nn.Module):
         rows = self._rows(batch)
         if any(answer is None or not len(answer) for _, answer in rows):
             raise ConfigError("training/validation rows need answers (labels)")
-        embeds, mask, texts = self._lm_inputs(features.projected, rows, with_answer=True, left_pad=False)
+        embeds, mask = self._lm_inputs(features.projected, rows, with_answer=True, left_pad=False)
         if not self.decoder_only:
             targets = pad_sequence([a for _, a in rows], batch_first=True, padding_value=IGNORE_INDEX)
             return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=targets).loss
         hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         # Logits only where an answer token is predicted (the position before it).
         positions, targets = [], []
-        for i, ((prompt, answer), text) in enumerate(zip(rows, texts)):
+        for i, (prompt, answer) in enumerate(rows):
             first = self.num_queries + len(prompt) - 1
             positions += [(i, first + j) for j in range(len(answer))]
             targets.append(answer)
@@ -166,12 +172,15 @@ class AdaptedInstructBLIP(nn.Module):
         features = self.features(batch)
         rows = [(prompt, None) for prompt, _ in self._rows(batch)]
         # A decoder-only LM continues the last position, so its rows are left-padded.
-        embeds, mask, _ = self._lm_inputs(features.projected, rows, with_answer=False, left_pad=self.decoder_only)
-        return self.language_model.generate(
-            inputs_embeds=embeds, attention_mask=mask, num_beams=config.num_beams, do_sample=False,
-            max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
-            length_penalty=config.length_penalty, repetition_penalty=config.repetition_penalty,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+        embeds, mask = self._lm_inputs(features.projected, rows, with_answer=False, left_pad=self.decoder_only)
+        with warnings.catch_warnings():
+            # Expected, as in LAVIS: the penalty sees generated tokens only (the prompt is embeddings).
+            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
+            return self.language_model.generate(
+                inputs_embeds=embeds, attention_mask=mask, num_beams=config.num_beams, do_sample=False,
+                max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
+                length_penalty=config.length_penalty, repetition_penalty=config.repetition_penalty,
+                eos_token_id=self.eos_id, pad_token_id=self.pad_id)
 
 
 class InstructBLIPModule(PEFTModule):

@@ -46,7 +46,8 @@ class PETAL(InstructBLIPModule):
     def extra_loss(self, batch: dict, features: QueryFeatures) -> dict[str, torch.Tensor]:
         if self.adapter.ib_weight == 0:
             return {}
-        ib = self.model.information_bottleneck(features.image_tokens, features.query_tokens, self._bag_of_targets(batch))
+        targets = self._bag_of_targets(batch)
+        ib = self.model.information_bottleneck(features.image_tokens, features.query_tokens, targets)
         return {"ib": -self.adapter.ib_weight * ib["objective"], "ib_estimators": ib["estimator_loss"],
                 "info_i_zy": ib["i_zy"], "info_i_xz": ib["i_xz"]}
 

@@ -1,0 +1,62 @@
+"""PETAL and its baselines through the CLI: fit + test on easy-VQA, scoring, parameter counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lavin_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def easy_vqa(tmp_path_factory):
+    pytest.importorskip("easy_vqa")
+    out = tmp_path_factory.mktemp("data") / "vqa"
+    main(["prepare", "easy-vqa", "--layout", "vqa", "--out", str(out), "--n-train", "24", "--n-val", "4",
+          "--n-test", "12"])
+    return out
+
+
+@pytest.mark.parametrize("model", [
+    [],
+    ["--config", str(REPO / "experiments/tiny/qformer_baselines_tiny.yaml")],
+    ["--config", str(REPO / "experiments/tiny/qformer_baselines_tiny.yaml"),
+     "--model.class_path=lavin_lightning.models.qformer_baselines.QFormerLoRA",
+     "--model.init_args.adapter.rank=4"],
+], ids=["petal", "bottleneck", "lora"])
+def test_fit_and_test_on_easy_vqa(easy_vqa, tmp_path, monkeypatch, model):
+    monkeypatch.setattr("sys.argv", ["lavin-lightning"])
+    run = tmp_path / "run"
+    common = ["--config", str(REPO / "experiments/base/trainer_cpu.yaml"),
+              "--config", str(REPO / "experiments/tiny/petal_tiny.yaml"), *model,
+              f"--data.init_args.root={easy_vqa}", f"--trainer.default_root_dir={run}",
+              "--trainer.logger.class_path=lightning.pytorch.loggers.CSVLogger",
+              f"--trainer.logger.init_args.save_dir={run}"]
+    main(["fit", *common, "--trainer.max_steps=2", "--data.init_args.global_batch_size=4"])
+    main(["test", *common, f"--model.init_args.adapter_path={run / 'adapter'}"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert len(results) == 12 and set(metrics) == {"overall", "perAnswerType", "perQuestionType", "evalQA"}
+    main(["score", "vqa", "--questions", str(easy_vqa / "questions_test.json"), "--annotations",
+          str(easy_vqa / "annotations_test.json"), "--results", str(run / "results.json"),
+          "--output", str(tmp_path / "again.json")])
+    assert json.loads((tmp_path / "again.json").read_text()) == metrics
+
+
+@pytest.mark.parametrize("config, trainable", [
+    ("petal/petal_flant5xxl.yaml", 1_061_761 + 2 * (768 * 32 + 32 + 32 * 32128 + 32128) + 2176 * 64 + 64 + 64 + 1),
+    ("petal/petal_vicuna7b.yaml", 1_061_761 + 2 * (768 * 32 + 32 + 32 * 32001 + 32001) + 2176 * 64 + 64 + 64 + 1),
+    ("petal/petal_release_flant5xxl.yaml", 1_378_560),
+    ("petal/bottleneck_flant5xxl.yaml", 2_388_480),
+    ("petal/lora_flant5xxl.yaml", 5_799_936),
+    ("petal/head_flant5xxl.yaml", 3_149_824),
+    ("petal/full_flant5xxl.yaml", 188_834_560),
+])
+def test_params_of_the_paper_configs(config, trainable, capsys):
+    main(["params", "--config", str(REPO / "experiments" / config), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["trainable"] == trainable
