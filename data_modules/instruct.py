@@ -484,7 +484,8 @@ class InstructionDataModule(GlobalBatchDataModule):
         for role, records in roles.items():
             if role == "val" and not self.val_size:
                 continue
-            samples, counts = encode_records(records, tokenizer, self.template, self.max_seq_len)
+            samples, counts = encode_records(records, tokenizer, self.template, self.max_seq_len,
+                                            resolve_instruction_tokenizer(self))
             if not samples:
                 raise DataError(f"no {role} samples left (max_seq_len={self.max_seq_len}): {self.report}")
             self.report[role] = counts
@@ -762,7 +763,8 @@ class PromptsDataModule(L.LightningDataModule):
             r.pid: {"instruction": r.turns[0][0], "input": r.input_text, "image": r.image and str(r.image)}
             for r in records  # image: the resolved path, or None
         }
-        samples, counts = encode_records(records, tokenizer, self.template, self.max_seq_len)
+        samples, counts = encode_records(records, tokenizer, self.template, self.max_seq_len,
+                                         resolve_instruction_tokenizer(self))
         self.report = {"prompts": {"records": len(records), **read.summary()}, "predict": counts}
         _log_counts(f"prompts {self.path}", counts, self.max_seq_len)
         self.dataset = ScienceQADataset(samples, self.transform, self.image_size)

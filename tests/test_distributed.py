@@ -81,3 +81,38 @@ def test_ddp_with_text_only_batches_on_a_multimodal_model(tmp_path):
     visual_up = "llm.model.layers.1.self_attn.k_proj.excitor.visual_key.up.weight"
     assert not torch.equal(trained[prompt], initial[prompt])
     assert torch.equal(trained[visual_up], initial[visual_up])  # no image, no gradient: still zero
+
+
+@pytest.mark.slow
+def test_ddp_petal_on_easy_vqa(tmp_path):
+    """PETAL (shared factor sets held by every delta) trains under DDP and its test
+    generations are gathered and scored once, each question once."""
+    pytest.importorskip("easy_vqa")
+    import torch
+
+    from data_modules.easy_vqa import build_vqa_from_easy_vqa
+    from data_modules.vqa import VQADataModule
+    from lavin_lightning.adapters.petal import PETALConfig
+    from lavin_lightning.backbones.instructblip import InstructBLIPSpec
+    from lavin_lightning.callbacks.vqa import VQAEvaluation
+    from lavin_lightning.models.base import OptimConfig
+    from lavin_lightning.models.instructblip import BeamSearchConfig
+    from lavin_lightning.models.petal import PETAL
+
+    data = build_vqa_from_easy_vqa(tmp_path / "vqa", n_train=16, n_val=2, n_test=7, seed=0)
+    torch.manual_seed(0)
+    module = PETAL(InstructBLIPSpec(config="tiny-t5"), PETALConfig(rank=8, expert_rank=8),
+                   optim=OptimConfig(lr=1e-2, base_lr=None, warmup_epochs=0.0),
+                   generation=BeamSearchConfig(num_beams=2, max_new_tokens=3))
+    datamodule = VQADataModule(str(data), template="plain", original_instructions="vqa", image_size=32,
+                               global_batch_size=8, micro_batch_size=2, splits={"train": "train", "test": "test"})
+    evaluation = VQAEvaluation(output_dir=str(tmp_path / "scores"))
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork_find_unused_parameters_true", max_steps=2,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[ExportAdapter(), evaluation])
+    trainer.fit(module, datamodule=datamodule)
+    assert (tmp_path / "adapter" / "adapter.safetensors").is_file()
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    results = json.loads((tmp_path / "scores" / "results.json").read_text())
+    assert sorted(r["question_id"] for r in results) == sorted(
+        q["question_id"] for q in json.loads((data / "questions_test.json").read_text())["questions"])

@@ -61,3 +61,19 @@ def test_params_of_the_paper_configs(config, trainable, capsys):
     main(["params", "--config", str(REPO / "experiments" / config), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["trainable"] == trainable
+
+
+def test_predict_on_a_prompt_file_with_images(easy_vqa, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["lavin-lightning"])
+    image = sorted((easy_vqa / "images" / "test").glob("*.png"))[0]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "instruction": "Question: What shape is this? Short answer:",
+                                   "image": str(image)}) + "\n"
+                       + json.dumps({"id": "b", "instruction": "Question: Is there a circle? Short answer:"}) + "\n")
+    main(["predict", "--config", str(REPO / "experiments/base/trainer_cpu.yaml"),
+          "--config", str(REPO / "experiments/tiny/petal_tiny.yaml"),
+          "--config", str(REPO / "experiments/base/predict_prompts.yaml"), f"--data.init_args.path={prompts}",
+          "--data.init_args.template=plain", "--data.init_args.image_size=32",
+          f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.logger=false"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"] and all(isinstance(r["response"], str) for r in rows)
