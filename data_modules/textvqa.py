@@ -62,9 +62,6 @@ class SingleFileVQADataModule(VQADataModule):
         """The file's other top-level fields and its list of question records."""
         raise NotImplementedError(f"{type(self).__name__} must implement _entries()")
 
-    def _image_file(self, split: str, image_id: Any) -> Path:
-        return self.root / self.image_pattern.format(split=split, image_id=image_id)
-
     def _check(self, raw: dict) -> None:
         """Checks of one question record particular to the format; raise ``_BadRecord``."""
 
@@ -108,14 +105,7 @@ class SingleFileVQADataModule(VQADataModule):
                 raise _BadRecord("bad_image_id", f"image_id is {raw.get('image_id')!r}")
             target = self._target(raw, labelled)
             self._check(raw)
-            try:
-                image = self._image_file(split, raw["image_id"])
-            except (ValueError, TypeError) as e:
-                reason = f"image_id {raw['image_id']!r} does not fit image_pattern ({e})"
-                raise _BadRecord("bad_image_id", reason) from None
-            # Checked here (setup) so that a missing image cannot stop an epoch halfway.
-            if not image.is_file():
-                raise _BadRecord("missing_image", f"image {image} not found")
+            image = self._existing_image(split, raw["image_id"])
             user = self.prompt.format(question=raw["question"].strip())
             return InstructRecord(str(qid), ((user, target if labelled else None),), "", image), raw
 

@@ -304,14 +304,7 @@ class VQADataModule(RoleDataLoaders, GlobalBatchDataModule):
             return _check_answers(annotations[pid]), annotations[pid]
 
         def record(pid: str, q: dict, answer: str | None) -> InstructRecord:
-            try:
-                image = self.root / self.image_pattern.format(split=split, image_id=q["image_id"])
-            except (ValueError, TypeError) as e:
-                reason = f"image_id {q['image_id']!r} does not fit image_pattern ({e})"
-                raise _BadRecord("bad_image_id", reason) from None
-            # Checked here (setup) so that a missing image cannot stop an epoch halfway.
-            if not image.is_file():
-                raise _BadRecord("missing_image", f"image {image} not found")
+            image = self._existing_image(split, q["image_id"])
             user = self.prompt.format(question=q["question"].strip())
             return InstructRecord(pid, ((user, answer if role in LABELLED else None),), "", image)
 
@@ -331,6 +324,20 @@ class VQADataModule(RoleDataLoaders, GlobalBatchDataModule):
             _log(logging.WARNING, "%s %s: kept %d questions, skipped %d bad ones (on_bad_record='skip'): %s",
                  role, qfile, len(records), sum(report.skipped.values()), dict(report.skipped))
         return records, used_q, (used_a if afile else None), qdoc, adoc
+
+    def _image_file(self, split: str, image_id: Any) -> Path:
+        return self.root / self.image_pattern.format(split=split, image_id=image_id)
+
+    def _existing_image(self, split: str, image_id: Any) -> Path:
+        """The image of a question; checked here (setup) so that a missing image cannot stop
+        an epoch halfway."""
+        try:
+            image = self._image_file(split, image_id)
+        except (ValueError, TypeError) as e:
+            raise _BadRecord("bad_image_id", f"image_id {image_id!r} does not fit image_pattern ({e})") from None
+        if not image.is_file():
+            raise _BadRecord("missing_image", f"image {image} not found")
+        return image
 
     def _select(self, role: str, n: int) -> list[int]:
         """Indices of the records a role uses: the first ``limit``, then for train the k-shot draw."""

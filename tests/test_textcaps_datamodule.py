@@ -7,8 +7,8 @@ import shutil
 from types import SimpleNamespace
 
 import pytest
-from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
+from test_vqa_family_datamodules import FakeWandb, run_test_epoch
 
 from data_modules.templates import IGNORE_INDEX
 from data_modules.textcaps import TextCapsDataModule
@@ -181,25 +181,6 @@ def test_wrong_top_level(tmp_path):
     (root / "TextCaps_0.1_train.json").write_text(json.dumps(entries("train")))
     with pytest.raises(DataError, match=r'TextCaps_0\.1_train\.json: no "data" list'):
         make(root).setup("fit")
-
-
-class FakeWandb(WandbLogger):
-    def __init__(self):  # no wandb run
-        self.metrics, self.tables = [], []
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append(metrics)
-
-    def log_table(self, key, columns=None, data=None, dataframe=None, step=None):
-        self.tables.append((key, columns, data))
-
-
-def run_test_epoch(callback, dm, tmp_path, texts, loggers=()):
-    trainer = SimpleNamespace(datamodule=dm, loggers=list(loggers), is_global_zero=True, global_step=0,
-                              default_root_dir=str(tmp_path / "run"))
-    callback.on_test_epoch_start(trainer, None)
-    callback.on_test_batch_end(trainer, None, {"pids": list(texts), "texts": list(texts.values())}, None, 0)
-    callback.on_test_epoch_end(trainer, None)
 
 
 def test_caption_evaluation_on_hex_ids(root, tmp_path, monkeypatch):
