@@ -138,6 +138,9 @@ def main(argv: list[str]) -> None:
     config = load_configs(args.config)
     data_args = (config.get("data") or {}).get("init_args") or {}
     module = build_module(config)
+    if not isinstance(module, CausalLMModule):
+        raise ConfigError(f"`chat` runs methods on a causal LM (LaVIN, Excitor, LLaMA-Adapter, LoRA), not "
+                          f"{type(module).__name__}; InstructBLIP methods answer prompt files with `predict`")
     if args.adapter:
         module.adapter_path = args.adapter
     module.configure_model()

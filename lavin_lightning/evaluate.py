@@ -15,8 +15,10 @@ import argparse
 import torch
 
 from lavin_lightning.adapters.core import adapters_disabled
+from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import write_json
 from lavin_lightning.metrics.multiple_choice import compare_reports, format_comparison, run_mc_evaluation
+from lavin_lightning.models.causal_lm import CausalLMModule
 
 
 def evaluate_base_and_adapted(module, **benchmarks) -> dict:
@@ -54,6 +56,9 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv[1:])
 
     module = build_module(load_configs(args.config))
+    if not isinstance(module, CausalLMModule):
+        raise ConfigError(f"`evaluate mc` runs methods on a causal LM (LaVIN, Excitor, LLaMA-Adapter, LoRA), not "
+                          f"{type(module).__name__}; InstructBLIP methods answer prompt files with `predict`")
     if args.adapter:
         module.adapter_path = args.adapter
     module.configure_model()

@@ -77,3 +77,9 @@ def test_predict_on_a_prompt_file_with_images(easy_vqa, tmp_path, monkeypatch):
           f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.logger=false"])
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"] and all(isinstance(r["response"], str) for r in rows)
+
+
+def test_chat_and_mc_evaluation_refuse_instructblip_methods():
+    for command in (["chat"], ["evaluate", "mc", "--mmlu", "x"]):
+        with pytest.raises(SystemExit, match="causal LM"):
+            main([*command, "--config", str(REPO / "experiments/tiny/petal_tiny.yaml")])
