@@ -7,7 +7,8 @@ Two templates, selected by name:
 - ``"lavin"``: LaVIN's plain "Instruction: ...\\n[Input: ...\\n]Response:"; the response
   follows after one space, then EOS.
 - ``"plain"``: the user text verbatim (InstructBLIP / LAVIS: the task instruction is the
-  whole prompt); the response is tokenised on its own and follows directly, then EOS.
+  whole prompt); the response follows after one space, then EOS. (LAVIS tokenises the
+  answer on its own, and a sentencepiece tokenizer starts it with "▁", a space.)
 
 A conversation is a list of ``(user, assistant)`` turns. The first user turn renders as
 the template's prompt, later ones as a short continuation; every assistant answer is
@@ -43,7 +44,7 @@ _FOLLOW_UP = {
     "lavin": "\nInstruction: {instruction}\nResponse:",
     "plain": "\n{instruction}",
 }
-_ANSWER_PREFIX = {"alpaca": "", "lavin": " ", "plain": ""}
+_ANSWER_PREFIX = {"alpaca": "", "lavin": " ", "plain": " "}
 
 # PETAL's "original instructions" (paper Table 7), stacked line by line after the task
 # instruction as the instruction-encoder input when a data module sets ``original_instructions``.

@@ -13,6 +13,11 @@ the image through them.
 2. scores the test questions with the frozen model (every adapter seam passed through);
 3. trains the method's parameters (everything else frozen);
 4. scores again and writes metrics.json, results, the adapter export and the offline W&B run.
+
+Next to the official evaluator (which normalises nothing when the ten answers agree, as
+easy-VQA's do, so "no." is wrong where "no" is right) it prints the legacy evaluator that
+LAVIS and PETAL vendor, and a blind reference: each test question answered with the most
+frequent training answer of its question type, which needs no image.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import json
 import logging
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import lightning as L
@@ -35,8 +41,9 @@ from lavin_lightning.backbones.instructblip import InstructBLIPSpec
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.callbacks.vqa import VQAEvaluation
 from lavin_lightning.checkpoint import save_adapter
-from lavin_lightning.io import write_json
+from lavin_lightning.io import read_json, write_json
 from lavin_lightning.loggers import WandbLogger
+from lavin_lightning.metrics.vqa import score_vqa
 from lavin_lightning.models.base import OptimConfig
 from lavin_lightning.models.instructblip import BeamSearchConfig
 from lavin_lightning.models.petal import PETAL
@@ -76,6 +83,26 @@ def score(module, datamodule, out: Path, logger) -> dict:
     return evaluation.metrics
 
 
+def question_type_prior(data: Path) -> list[dict]:
+    """Blind answers: per test question, the most frequent training answer of its question type."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for a in read_json(data / "annotations_train.json", "training annotations")["annotations"]:
+        counts[a["question_type"]][a["multiple_choice_answer"]] += 1
+    overall = sum(counts.values(), Counter()).most_common(1)[0][0]
+    test = read_json(data / "annotations_test.json", "test annotations")["annotations"]
+    return [{"question_id": a["question_id"],
+             "answer": counts[a["question_type"]].most_common(1)[0][0] if a["question_type"] in counts else overall}
+            for a in test]
+
+
+def official_and_legacy(data: Path, results: list[dict]) -> dict:
+    def scored(mode: str) -> dict:
+        return score_vqa(read_json(data / "questions_test.json", "test questions"),
+                         read_json(data / "annotations_test.json", "test annotations"), results, mode=mode)
+
+    return {"official": scored("official"), "legacy": scored("legacy")}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="lavin-lightning demo vqa", description=__doc__.splitlines()[0])
     ap.add_argument("--method", choices=sorted(METHODS), default="petal")
@@ -110,23 +137,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     with adapters_disabled(module.model):
         before = score(module, datamodule, out / "before", logger)
-    print(f"frozen model: VQA accuracy {before['overall']} ({before['perAnswerType']})")
+    print(f"frozen model: official VQA accuracy {before['overall']}")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, default_root_dir=out, max_steps=args.steps,
                         max_epochs=-1, log_every_n_steps=10, enable_checkpointing=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
     print(f"training {args.steps} steps of {args.batch_size} questions ...")
     module.train()
     trainer.fit(module, datamodule=datamodule)
-    after = score(module, datamodule, out / "after", logger)
+    score(module, datamodule, out / "after", logger)
     save_adapter(module, out / "adapter")
 
-    metrics = {"method": args.method, "before": before, "after": after, "trainable_params": counts["trainable"],
-               "settings": vars(args), "seconds": round(time.time() - started, 1)}
+    scores = {phase: official_and_legacy(data, read_json(out / phase / "results.json", "results"))
+              for phase in ("before", "after")}
+    scores["question_type_prior"] = official_and_legacy(data, question_type_prior(data))
+    metrics = {"method": args.method, **scores, "trainable_params": counts["trainable"], "settings": vars(args),
+               "seconds": round(time.time() - started, 1)}
     write_json(out / "metrics.json", metrics)
-    print(f"\nVQA accuracy on {args.test_questions} held-out questions (official evaluator):")
-    for phase, m in (("before", before), ("after", after)):
-        print(f"  {phase:7} overall {m['overall']:6.2f}  " + "  ".join(f"{k} {v:6.2f}"
-                                                                   for k, v in m["perAnswerType"].items()))
+    print(f"\nVQA accuracy (%) on {args.test_questions} held-out questions (yes/no, other: official):")
+    print(f"  {'':28}{'official':>9}{'legacy':>9}{'yes/no':>9}{'other':>9}")
+    for name, phase in (("before (frozen)", "before"), (f"after ({args.method})", "after"),
+                        ("question-type prior (blind)", "question_type_prior")):
+        official, kinds = scores[phase]["official"], scores[phase]["official"]["perAnswerType"]
+        print(f"  {name:<28}{official['overall']:>9.2f}{scores[phase]['legacy']['overall']:>9.2f}"
+              f"{kinds.get('yes/no', 0.0):>9.2f}{kinds.get('other', 0.0):>9.2f}")
     results = json.loads((out / "after" / "results.json").read_text())[:5]
     print("examples:", ", ".join(f"{r['question_id']}: {r['answer']!r}" for r in results))
     wandb_dir = next((out / "wandb").glob("offline-run-*"), out / "wandb")

@@ -170,8 +170,8 @@ def test_alpaca_supervises_exactly_output_and_eos(tmp_path, template):
 def test_plain_template_is_the_instruction_verbatim():
     assert render_prompt("plain", "Question: what? Short answer:") == "Question: what? Short answer:"
     ids, labels, _ = encode_conversation(TOK, "plain", [("Question: what? Short answer:", "red")])
-    assert TOK.decode(ids) == "<s>Question: what? Short answer:red</s>"  # the answer is tokenised on its own
-    assert TOK.decode([i for i, label in zip(ids, labels) if label != -100]) == "red</s>"
+    assert TOK.decode(ids) == "<s>Question: what? Short answer: red</s>"
+    assert TOK.decode([i for i, label in zip(ids, labels) if label != -100]) == " red</s>"
 
 
 def test_alpaca_batches_follow_the_contract(tmp_path):
