@@ -313,3 +313,12 @@ def test_qformer_started_from_bert_reproduces_its_text_encoder():
     torch.testing.assert_close(got[mask], expected[mask], rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="does not fit"):
         load_instructblip(InstructBLIPSpec(config="tiny-t5", qformer_init=minilm))
+
+
+def test_config_built_query_tokens_are_not_all_alike():
+    """transformers zero-initialises them; identical queries would stay identical in every layer."""
+    module = build(PETAL, "tiny-t5", PETALConfig(ib_weight=0.0))
+    queries = module.model.backbone.query_tokens[0]
+    assert queries.std() > 0.01 and not torch.allclose(queries[0], queries[1])
+    features = module.model.features(batch_for(module))
+    assert not torch.allclose(features.projected[:, 0], features.projected[:, 1])

@@ -170,6 +170,11 @@ def load_instructblip(spec: InstructBLIPSpec) -> InstructBlipForConditionalGener
         config = instructblip_config(spec)
         config._attn_implementation = "sdpa"
         model = InstructBlipForConditionalGeneration(config)
+        if not counting:
+            # transformers zero-initialises the query tokens (checkpoints always overwrite them);
+            # identical queries would stay identical through every layer. BLIP-2 starts them N(0, 0.02).
+            with torch.no_grad():
+                model.query_tokens.normal_(std=config.qformer_config.initializer_range)
         if spec.language_model is not None and not counting:
             model.language_model = load_causal_lm(spec.language_model)
         if spec.qformer_init is not None and not counting:
