@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule, image_transform
+from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule
 from data_modules.instruct import (
     InstructRecord,
     ReadReport,
@@ -28,13 +28,12 @@ from data_modules.instruct import (
     _BadRecord,
     _log,
     _log_counts,
-    check_on_bad_record,
     encode_records,
     resolve_instruction_tokenizer,
     resolve_tokenizer,
 )
 from data_modules.scienceqa import ScienceQADataset
-from data_modules.templates import check_max_seq_len, check_template, instruction_suffix
+from data_modules.templates import instruction_suffix
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.io import read_json
 
@@ -155,24 +154,9 @@ class CaptionDataModule(RoleDataLoaders, GlobalBatchDataModule):
             raise ConfigError(f"train_on must be one of {list(TRAIN_ON)}, got {train_on!r}")
         self.train_on = train_on
         self.prompt = prompt
-        self.template = check_template(template)
-        self.max_seq_len = check_max_seq_len(max_seq_len)
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
-        self.eval_batch_size = eval_batch_size
-        for name, value in (("limit_train", limit_train), ("limit_val", limit_val), ("limit_test", limit_test),
-                            ("k_shot", k_shot)):
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1 or None (all), got {value}")
-        self.limits = {"train": limit_train, "val": limit_val, "test": limit_test, "predict": limit_test}
-        self.k_shot = k_shot
-        self.seed = seed
-        self.tokenizer = tokenizer
-        self.on_bad_record = check_on_bad_record(on_bad_record)
-        instruction_suffix(original_instructions)  # fail at construction on an unknown set
-        self.original_instructions = original_instructions
-        self.image_size = image_size
-        self.transform = image_transform(image_size, image_mean, image_std)
+        self._set_encoding_options(template, max_seq_len, eval_batch_size, (limit_train, limit_val, limit_test),
+                                   k_shot, seed, tokenizer, on_bad_record, original_instructions, image_size,
+                                   image_mean, image_std)
         self.datasets: dict[str, ScienceQADataset] = {}
         self.images: dict[str, list[_Image]] = {}
         self.report: dict[str, dict[str, Any]] = {}

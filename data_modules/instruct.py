@@ -43,6 +43,7 @@ from data_modules.templates import (
     check_template,
     conversation_segments,
     eos_token_id,
+    instruction_suffix,
 )
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.io import read_json
@@ -354,6 +355,30 @@ class RoleDataLoaders:
     ``datasets``, ``tokenizer``, ``seed``, ``num_workers``, ``eval_batch_size`` and the per-device
     batch (the VQA and caption modules); ``_val_dataloader`` is bound as ``val_dataloader``
     only when there is validation data."""
+
+    def _set_encoding_options(self, template: str, max_seq_len: int, eval_batch_size: int | None,
+                              limits: tuple[int | None, int | None, int | None], k_shot: int | None, seed: int,
+                              tokenizer, on_bad_record: str, original_instructions: str | None, image_size: int,
+                              image_mean, image_std) -> None:
+        """Check and keep the options these data modules share (their __init__ arguments of
+        the same names; `limits` are limit_train, limit_val, limit_test)."""
+        self.template = check_template(template)
+        self.max_seq_len = check_max_seq_len(max_seq_len)
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        self.eval_batch_size = eval_batch_size
+        for name, value in (*zip(("limit_train", "limit_val", "limit_test"), limits), ("k_shot", k_shot)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1 or None (all), got {value}")
+        self.limits = dict(zip(("train", "val", "test", "predict"), (*limits, limits[2])))
+        self.k_shot = k_shot
+        self.seed = seed
+        self.tokenizer = tokenizer
+        self.on_bad_record = check_on_bad_record(on_bad_record)
+        instruction_suffix(original_instructions)  # fail at construction on an unknown set
+        self.original_instructions = original_instructions
+        self.image_size = image_size
+        self.transform = image_transform(image_size, image_mean, image_std)
 
     def _dataset(self, role: str) -> ScienceQADataset:
         if role not in self.datasets:
