@@ -322,3 +322,32 @@ def test_config_built_query_tokens_are_not_all_alike():
     assert queries.std() > 0.01 and not torch.allclose(queries[0], queries[1])
     features = module.model.features(batch_for(module))
     assert not torch.allclose(features.projected[:, 0], features.projected[:, 1])
+
+
+def test_loads_a_local_hugging_face_instructblip_directory(tmp_path):
+    """The layout of a saved Salesforce InstructBLIP: model files, LM tokenizer, qformer_tokenizer/."""
+    import shutil
+
+    from lavin_lightning.backbones.instructblip import load_instructblip, load_tokenizers
+
+    torch.manual_seed(0)
+    plain = load_instructblip(InstructBLIPSpec(config="tiny-t5"))
+    tokenizer, qformer = load_tokenizers(InstructBLIPSpec(config="tiny-t5"))
+    root = tmp_path / "instructblip"
+    plain.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    qformer.save_pretrained(root / "qformer_tokenizer")
+    spec = InstructBLIPSpec(path=str(root))
+    loaded = load_instructblip(spec).state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in plain.state_dict().items())
+    loaded_tokenizer, loaded_qformer = load_tokenizers(spec)
+    assert loaded_qformer.truncation_side == "left"
+    assert loaded_tokenizer("no red")["input_ids"] == tokenizer("no red")["input_ids"]
+    module = PETAL(spec, PETALConfig(ib_weight=0.0))
+    module.configure_model()
+    module.eval()
+    with torch.no_grad():
+        assert torch.isfinite(module.model.loss(batch_for(module)))
+    shutil.rmtree(root / "qformer_tokenizer")
+    with pytest.raises(ConfigError, match="qformer_tokenizer"):
+        load_tokenizers(spec)
