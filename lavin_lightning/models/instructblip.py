@@ -132,7 +132,7 @@ class AdaptedInstructBLIP(nn.Module):
                 text = torch.cat([prompt, answer])
             texts.append(text)
         width = max(len(t) for t in texts)
-        dtype = self._embed(texts[0][:1]).dtype
+        dtype = self.language_model.get_input_embeddings().weight.dtype
         embeds = projected.new_zeros(len(texts), self.num_queries + width, projected.shape[-1], dtype=dtype)
         mask = torch.zeros(embeds.shape[:2], dtype=torch.long, device=projected.device)
         for i, text in enumerate(texts):
