@@ -365,6 +365,18 @@ def _image_id(value: object, path: Path, where: str) -> int | str:
     return value
 
 
+def _captioned(entry: object, path: Path, where: str, layout: str) -> tuple[int | str, str]:
+    """(image_id, caption) of one annotation or result entry, checked."""
+    if not isinstance(entry, dict) or "image_id" not in entry:
+        raise DataError(f'{path}: {where} has no "image_id"; expected {layout}')
+    image_id = _image_id(entry["image_id"], path, where)
+    caption = entry.get("caption")
+    if not isinstance(caption, str):
+        kind = "no" if "caption" not in entry else f"a {type(caption).__name__}"
+        raise DataError(f"{path}: {where} (image id {image_id!r}) has {kind} caption; expected a string")
+    return image_id, caption
+
+
 def load_references(path: str | os.PathLike) -> dict[int | str, list[str]]:
     """``{image_id: [caption, ...]}`` from a COCO caption annotation file.
 
@@ -379,13 +391,7 @@ def load_references(path: str | os.PathLike) -> dict[int | str, list[str]]:
         raise DataError(f'{path}: the "annotations" list is empty; expected reference captions')
     by_image: dict[int | str, list[str]] = {}
     for index, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or "image_id" not in ann:
-            raise DataError(f'{path}: annotation {index} has no "image_id"; expected {_REFERENCES_LAYOUT}')
-        image_id = _image_id(ann["image_id"], path, f"annotation {index}")
-        caption = ann.get("caption")
-        if not isinstance(caption, str):
-            kind = "no" if "caption" not in ann else f"a {type(caption).__name__}"
-            raise DataError(f"{path}: annotation {index} (image id {image_id!r}) has {kind} caption; expected a string")
+        image_id, caption = _captioned(ann, path, f"annotation {index}", _REFERENCES_LAYOUT)
         by_image.setdefault(image_id, []).append(caption)
 
     images = data.get("images")
@@ -416,13 +422,7 @@ def load_results(path: str | os.PathLike) -> dict[int | str, str]:
     results: dict[int | str, str] = {}
     first_index: dict[int | str, int] = {}
     for index, entry in enumerate(data):
-        if not isinstance(entry, dict) or "image_id" not in entry:
-            raise DataError(f'{path}: result {index} has no "image_id"; expected {_RESULTS_LAYOUT}')
-        image_id = _image_id(entry["image_id"], path, f"result {index}")
-        caption = entry.get("caption")
-        if not isinstance(caption, str):
-            kind = "no" if "caption" not in entry else f"a {type(caption).__name__}"
-            raise DataError(f"{path}: result {index} (image id {image_id!r}) has {kind} caption; expected a string")
+        image_id, caption = _captioned(entry, path, f"result {index}", _RESULTS_LAYOUT)
         if image_id in results:
             # COCOEvalCap would stop on an assertion: BLEU/CIDEr take exactly one candidate per image.
             raise DataError(
