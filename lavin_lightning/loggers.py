@@ -22,10 +22,22 @@ def wandb_credentials_present() -> bool:
 class WandbLogger(_LightningWandbLogger):
     """Lightning's WandbLogger; `offline=None` (default) means offline unless a key is set.
 
-    WANDB_MODE from the environment still wins (wandb reads it itself).
+    WANDB_MODE from the environment still wins (wandb reads it itself). wandb runs quiet
+    (no colour codes, no banners) and without git metadata (run folders are rarely git
+    roots); `lavin-lightning` closes the run itself at the end, and wandb then says where an
+    offline run is and how to upload it.
     """
 
     def __init__(self, *args, offline: bool | None = None, **kwargs):
         if offline is None:
             offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_credentials_present()
+        if "settings" not in kwargs:
+            import wandb
+
+            kwargs["settings"] = wandb.Settings(quiet=True, disable_git=True)
         super().__init__(*args, offline=offline, **kwargs)
+        # Lightning passes `anonymous=None` on, which wandb now answers with a deprecation
+        # warning on every run; an unset value is what wandb expects.
+        init = getattr(self, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous") is None:
+            init.pop("anonymous", None)

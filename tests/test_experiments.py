@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lavin_lightning.cli import main, params_main
+from lavin_lightning.cli import main
+from lavin_lightning.commands.params import main as params_main
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_CONFIGS = sorted((REPO / "experiments").glob("*/*.yaml"))
@@ -64,7 +65,7 @@ def test_petal_tasks_stack_on_every_row(task, monkeypatch):
 
 @pytest.mark.parametrize("path", BASE_CONFIGS, ids=lambda p: p.name)
 def test_base_configs_parse(path):
-    from lavin_lightning.cli import load_configs
+    from lavin_lightning.config import load_configs
 
     config = load_configs([str(path)])
     # Base configs stack on a row: a trainer (strategy, logger) or a data section (prompt files).

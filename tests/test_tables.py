@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from lavin_lightning.commands.tables import render
 from lavin_lightning.errors import ConfigError
-from lavin_lightning.tables import render
 
 
 def test_render_puts_measured_values_next_to_the_paper(tmp_path):

@@ -25,6 +25,7 @@ exactly the frozen backbone.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -108,12 +109,14 @@ class InsertTextPrompts(nn.Module):
         prompts = self._prompts[0]
         return prompts.prompt_length if prompts.active else 0
 
-    def forward(self, input_ids=None, position_ids=None, query_embeds=None, past_key_values_length=0):
-        out = self.embeddings(input_ids=input_ids, position_ids=position_ids, query_embeds=query_embeds,
-                              past_key_values_length=past_key_values_length)
+    def forward(self, *args, **kwargs):
+        # Whatever the upstream signature is, it passes through untouched; only the query
+        # count is read, from the call's own binding of `query_embeds`.
+        out = self.embeddings(*args, **kwargs)
         prompts = self._prompts[0]
         if not prompts.active:
             return out
+        query_embeds = inspect.signature(self.embeddings.forward).bind(*args, **kwargs).arguments.get("query_embeds")
         q = 0 if query_embeds is None else query_embeds.shape[1]
         return torch.cat([out[:, :q], _tokens(prompts.language(0), out), out[:, q:]], dim=1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch.distributed as dist
@@ -11,6 +12,8 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from lavin_lightning.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def gather_by_pid(records: list[dict]) -> list[dict]:
@@ -136,3 +139,4 @@ class WritePredictions(Callback):
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             path = Path(self.output_dir or trainer.default_root_dir) / "predictions.jsonl"
             atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            log.info("predict: wrote %d predictions to %s", len(rows), path)

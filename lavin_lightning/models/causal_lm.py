@@ -127,7 +127,7 @@ class AdaptedCausalLM(nn.Module):
         dtype = embeds.dtype if embeds is not None else self._llm_dtype()
         return self.llm.model(
             inputs_embeds=embeds, input_ids=input_ids, attention_mask=self.attention_mask(valid, num_queries, dtype),
-            position_ids=position_ids, past_key_values=past, use_cache=past is not None,
+            position_ids=position_ids, cache=past, use_cache=past is not None,
         ).last_hidden_state
 
     def _supervised_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

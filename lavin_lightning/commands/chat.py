@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, image_transform
 from data_modules.templates import TEMPLATES, encode_conversation
+from lavin_lightning.config import build_module, load_configs
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.models.causal_lm import CausalLMModule, GenerationConfig
 
@@ -121,7 +122,6 @@ def run(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from lavin_lightning.cli import build_module, load_configs
     from lavin_lightning.models.lora import LoRA
 
     ap = argparse.ArgumentParser(prog="lavin-lightning chat", description=__doc__.split("\n\n")[0])

@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from lavin_lightning.adapters.core import adapters_disabled
+from lavin_lightning.config import build_module, load_configs
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import write_json
 from lavin_lightning.metrics.multiple_choice import compare_reports, format_comparison, run_mc_evaluation
@@ -37,7 +38,6 @@ def evaluate_base_and_adapted(module, **benchmarks) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    from lavin_lightning.cli import build_module, load_configs
 
     if not argv or argv[0] != "mc":
         raise SystemExit("usage: lavin-lightning evaluate mc --config A.yaml [--adapter DIR] [--mmlu DIR] "

@@ -1,0 +1,67 @@
+"""Configs outside LightningCLI: merge YAML files, build the configured module, count parameters.
+
+The commands that are not fit/validate/test/predict (params, chat, evaluate, ...) read the
+same YAML files as LightningCLI and build the same module from them, without a Trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from lavin_lightning.errors import ConfigError
+from lavin_lightning.models.base import PEFTModule
+
+
+def load_configs(paths: list[str]) -> dict:
+    """Merge YAML files the way stacked `--config` flags do: later files win, dicts merge."""
+
+    def merge(base: dict, override: dict) -> dict:
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    merged: dict = {}
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+        merged = merge(merged, data)
+    return merged
+
+
+def build_module(config: dict) -> PEFTModule:
+    """Instantiate the config's `model` (class_path + init_args) without loading weights."""
+    from jsonargparse import ArgumentParser
+
+    if "model" not in config:
+        raise ConfigError("the config has no `model` section")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(PEFTModule, "model", required=True)
+    namespace = parser.parse_object({"model": config["model"]})
+    return parser.instantiate_classes(namespace).model
+
+
+def parameter_report(module: PEFTModule) -> dict:
+    """Total/trainable parameters per top-level component, adapters apart from frozen weights."""
+    trainable = module.trainable_names
+    groups: dict[str, dict[str, int]] = {}
+    for name, param in module.named_parameters():
+        component = name.split(".")[1] if name.startswith("model.") else name.split(".")[0]
+        key = f"{component} ({'trainable' if name in trainable else 'frozen'})"
+        group = groups.setdefault(key, {"total": 0, "trainable": 0})
+        group["total"] += param.numel()
+        group["trainable"] += param.numel() if name in trainable else 0
+    counts = module.parameter_counts()
+    # The adapter export holds the trainable tensors in fp32: serialise zeros to measure it.
+    from safetensors.torch import save
+
+    zeros = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in module._trainable.items()}
+    return {"method": module.method, "groups": groups, **counts,
+            "adapter_file_bytes": len(save(zeros, metadata={"format": "pt"}))}
