@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from lavin_lightning.callbacks.scienceqa import ANSWER_PATTERN, extract_answer, extract_answer_or_random
 from lavin_lightning.errors import DataError
 from lavin_lightning.metrics import scienceqa
 from lavin_lightning.metrics.scienceqa import (
-    ANSWER_PATTERN,
     OFFICIAL_KEYS,
-    extract_answer,
-    extract_answer_or_random,
     load_predictions,
     load_problems,
     load_split_pids,

@@ -1,4 +1,4 @@
-"""ScienceQA accuracy: answer extraction (LaVIN release) and the official per-category scores.
+"""ScienceQA accuracy: the official per-category scores of choice predictions.
 
 The scores re-implement the semantics of lupantech/ScienceQA ``tools/evaluate_acc.py``
 (written anew, no pandas): a prediction is a choice index, correct iff it equals the
@@ -10,7 +10,6 @@ and per topic, each as the string ``"{:.2f}"`` of a percentage. Pure functions, 
 from __future__ import annotations
 
 import os
-import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -19,11 +18,8 @@ from lavin_lightning.errors import DataError
 from lavin_lightning.io import read_json, write_json
 
 __all__ = [
-    "ANSWER_PATTERN",
     "OFFICIAL_KEYS",
     "PAPER_LABELS",
-    "extract_answer",
-    "extract_answer_or_random",
     "load_predictions",
     "load_problems",
     "load_split_pids",
@@ -31,11 +27,6 @@ __all__ = [
     "score_scienceqa",
     "score_scienceqa_files",
 ]
-
-# The LaVIN release's pattern, kept verbatim: the trailing '.' is unescaped, so it matches
-# any character except a newline ("The answer is Bx" extracts B, "The answer is B" at the
-# end of the text extracts nothing).
-ANSWER_PATTERN = re.compile(r"The answer is ([A-Z]).")
 
 _LETTERS = "ABCDE"
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() would accept "²"
@@ -69,40 +60,6 @@ PAPER_LABELS = dict(zip(OFFICIAL_KEYS, ("NAT", "SOC", "LAN", "TXT", "IMG", "NO",
 
 # How many pids an error message lists before saying "...".
 _SHOW = 5
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-def extract_answer(text: str, n_choices: int) -> int | None:
-    """The choice index in a generated ``text``, as the LaVIN release extracts it.
-
-    The FIRST match of :data:`ANSWER_PATTERN` anywhere in the text wins (the release decodes
-    prompt + continuation, so an answer echoed in the prompt would win too). The letter maps
-    to ``"ABCDE".index(letter)`` only if it is among the first ``n_choices`` letters.
-    Returns None when nothing valid matched ("unparsed"); the release would pick a random
-    choice instead -- see :func:`extract_answer_or_random`.
-    """
-    matches = ANSWER_PATTERN.findall(text)
-    if not matches:
-        return None
-    letter = matches[0]
-    if letter not in _LETTERS[:n_choices]:
-        return None
-    return _LETTERS.index(letter)
-
-
-def extract_answer_or_random(text: str, n_choices: int, rng: random.Random) -> tuple[int, bool]:
-    """The release's behaviour: :func:`extract_answer`, else a random choice from ``rng``.
-
-    Returns ``(index, was_random)`` so that callers can still count the guesses.
-    """
-    if n_choices < 1:
-        raise ValueError(f"n_choices must be >= 1, got {n_choices}")
-    index = extract_answer(text, n_choices)
-    if index is not None:
-        return index, False
-    return rng.choice(range(n_choices)), True
 
 
 def parse_prediction(value: object) -> int | None:

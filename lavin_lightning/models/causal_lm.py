@@ -25,11 +25,9 @@ from transformers import DynamicCache
 from lavin_lightning.adapters.core import decoding_cache
 from lavin_lightning.backbones.llama import LLMSpec, load_causal_lm, load_tokenizer
 from lavin_lightning.backbones.vision import VisionSpec, build_vision_encoder
+from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import ConfigError
-from lavin_lightning.metrics.scienceqa import extract_answer
 from lavin_lightning.models.base import OptimConfig, PEFTModule
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -226,24 +224,18 @@ class CausalLMModule(PEFTModule):
         optim: optimizer and schedule.
         generation: decoding at test/predict time.
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
-        unparsed_answers: ScienceQA test: "unparsed" records generations without a valid
-            answer as such (scored wrong); "random" picks a random option, as LaVIN's release.
     """
 
     def __init__(self, llm: LLMSpec, vision: VisionSpec | None = None, optim: OptimConfig | None = None,
-                 generation: GenerationConfig | None = None, adapter_path: str | None = None,
-                 unparsed_answers: str = "unparsed"):
+                 generation: GenerationConfig | None = None, adapter_path: str | None = None):
         super().__init__(optim)
-        if unparsed_answers not in ("unparsed", "random"):
-            raise ConfigError(f"unparsed_answers must be 'unparsed' or 'random', got {unparsed_answers!r}")
         self.llm_spec = llm
         self.vision_spec = vision
         self.generation = generation or GenerationConfig()
         self.adapter_path = adapter_path
-        self.unparsed_answers = unparsed_answers
         self.adapter = None  # the method's settings (a dataclass), set by subclasses
         self._tokenizer = None
-        self._sampling_generator = self._fallback_generator = None
+        self._sampling_generator = None
 
     @property
     def tokenizer(self):
@@ -290,14 +282,9 @@ class CausalLMModule(PEFTModule):
             self._sampling_generator = torch.Generator(device=self.device).manual_seed(self.generation.seed)
         return self._sampling_generator
 
-    def _cpu_generator(self) -> torch.Generator:
-        if self._fallback_generator is None:
-            self._fallback_generator = torch.Generator().manual_seed(self.generation.seed)
-        return self._fallback_generator
-
     def on_test_epoch_start(self) -> None:
         # Every test run samples the same way: seeded generators, reset per run.
-        self._sampling_generator = self._fallback_generator = None
+        self._sampling_generator = None
 
     on_predict_epoch_start = on_test_epoch_start
 
@@ -307,16 +294,8 @@ class CausalLMModule(PEFTModule):
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
     def test_step(self, batch, batch_idx):
-        """ScienceQA-style test: generate, then extract the chosen option."""
-        texts = self.generate_text(batch)
-        preds = [extract_answer(t, int(n)) for t, n in zip(texts, batch["n_choices"])]
-        guessed = [False] * len(preds)
-        if self.unparsed_answers == "random":  # LaVIN's release fallback, opt-in only
-            for i, n in enumerate(batch["n_choices"]):
-                if preds[i] is None:
-                    preds[i] = int(torch.randint(int(n), (1,), generator=self._cpu_generator()))
-                    guessed[i] = True
-        return {"pids": list(batch["pids"]), "texts": texts, "preds": preds, "guessed": guessed}
+        """Generated texts; the task's scoring callback reads the answers out of them."""
+        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}

@@ -45,15 +45,14 @@ class Excitor(CausalLMModule):
         optim: optimizer and schedule (the paper: LLaMA-Adapter's, base lr 9e-3).
         generation: decoding at test/predict time (temperature 0.1, top-p 0.75).
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
-        unparsed_answers: ScienceQA test: "unparsed" or "random" for answers without an option.
     """
 
     method = "excitor"
 
     def __init__(self, llm: LLMSpec, vision: VisionSpec | None = None, adapter: ExcitorConfig | None = None,
                  optim: OptimConfig | None = None, generation: GenerationConfig | None = None,
-                 adapter_path: str | None = None, unparsed_answers: str = "unparsed"):
-        super().__init__(llm, vision, optim, generation, adapter_path, unparsed_answers)
+                 adapter_path: str | None = None):
+        super().__init__(llm, vision, optim, generation, adapter_path)
         self.adapter = adapter or ExcitorConfig()
         self.save_hyperparameters()
 

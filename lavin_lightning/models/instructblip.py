@@ -24,9 +24,9 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from lavin_lightning.backbones.instructblip import InstructBLIPSpec, load_instructblip, load_tokenizers
+from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.base import OptimConfig, PEFTModule
-from lavin_lightning.models.causal_lm import IGNORE_INDEX
 
 
 @dataclass

@@ -30,9 +30,9 @@ from lavin_lightning.adapters.mma import (
 )
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
+from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.models.base import OptimConfig
 from lavin_lightning.models.causal_lm import (
-    IGNORE_INDEX,
     AdaptedCausalLM,
     CausalLMModule,
     GenerationConfig,
@@ -144,8 +144,6 @@ class LaVIN(CausalLMModule):
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
         image_prefix: text before the visual slots of image-text samples.
         text_prefix: text in their place for text-only samples.
-        unparsed_answers: "unparsed" records generations without a valid answer as such
-            (scored wrong); "random" picks a random option, as the release does.
     """
 
     method = "lavin"
@@ -160,9 +158,8 @@ class LaVIN(CausalLMModule):
         adapter_path: str | None = None,
         image_prefix: str = "Image: ",
         text_prefix: str = "Image: N/A",
-        unparsed_answers: str = "unparsed",
     ):
-        super().__init__(llm, vision, optim, generation, adapter_path, unparsed_answers)
+        super().__init__(llm, vision, optim, generation, adapter_path)
         self.adapter = adapter or MMAConfig()
         self.image_prefix, self.text_prefix = image_prefix, text_prefix
         self.save_hyperparameters()

@@ -29,15 +29,14 @@ class LoRA(CausalLMModule):
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
         merge_for_inference: fold the updates into the frozen weights for predict (and
             chat), so decoding costs what the backbone costs; unmerged afterwards.
-        unparsed_answers: ScienceQA test: "unparsed" or "random" for answers without an option.
     """
 
     method = "lora"
 
     def __init__(self, llm: LLMSpec, adapter: LoRAConfig | None = None, optim: OptimConfig | None = None,
                  generation: GenerationConfig | None = None, adapter_path: str | None = None,
-                 merge_for_inference: bool = True, unparsed_answers: str = "unparsed"):
-        super().__init__(llm, None, optim, generation, adapter_path, unparsed_answers)
+                 merge_for_inference: bool = True):
+        super().__init__(llm, None, optim, generation, adapter_path)
         self.adapter = adapter or LoRAConfig()
         self.merge_for_inference = merge_for_inference
         self.save_hyperparameters()
