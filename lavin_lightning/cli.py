@@ -41,12 +41,12 @@ def usage() -> str:
 def lightning_main(args: list[str] | None) -> None:
     """LightningCLI over every method and data module; `args` None reads the command line."""
     from lightning.pytorch import LightningDataModule
-    from lightning.pytorch.cli import LightningCLI
 
+    from lavin_lightning.config import SuiteCLI
     from lavin_lightning.models.base import PEFTModule
 
-    LightningCLI(PEFTModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-                 save_config_kwargs={"overwrite": True})
+    SuiteCLI(PEFTModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+             save_config_kwargs={"overwrite": True})
 
 
 def finish_wandb() -> None:

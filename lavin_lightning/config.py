@@ -1,7 +1,8 @@
-"""Configs outside LightningCLI: merge YAML files, build the configured module, count parameters.
+"""Configs: the LightningCLI of fit/validate/test/predict, and the same YAML files outside it.
 
+`SuiteCLI` links what the model and the data module share (tokenizers, global batch size).
 The commands that are not fit/validate/test/predict (params, chat, evaluate, ...) read the
-same YAML files as LightningCLI and build the same module from them, without a Trainer.
+same YAML files and build the same module from them, without a Trainer.
 """
 
 from __future__ import annotations
@@ -10,9 +11,26 @@ from pathlib import Path
 
 import torch
 import yaml
+from lightning.pytorch.cli import LightningCLI
 
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.base import PEFTModule
+
+
+class SuiteCLI(LightningCLI):
+    """LightningCLI over every method (`model`) and data module (`data`), with argument links:
+    the data module tokenises with the model's tokenizer(s), and the model's base learning
+    rate scales with the data module's global batch size."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.global_batch_size", apply_on="parse",
+                              compute_fn=_global_batch_size)
+
+
+def _global_batch_size(data) -> int | None:
+    # Predict-only data modules (prompt files) have no global batch: nothing trains.
+    return data.init_args.get("global_batch_size") if data is not None else None
 
 
 def load_configs(paths: list[str]) -> dict:

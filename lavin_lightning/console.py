@@ -19,6 +19,8 @@ EXPECTED_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     # The base trainers set limit_val_batches: 0 on purpose; configs with a val split turn it on.
     r"You defined a `validation_step` but have no `val_dataloader`",
+    # Without TensorBoard Lightning logs to CSV files, which is what the base trainers want.
+    r"`tensorboardX` has been removed as a dependency",
     # Lightning checkpoints hold the adapter tensors only; `PEFTModule.on_load_checkpoint`
     # checks their keys itself and refuses any mismatch.
     r"Found keys that are in the model state dict but not in the checkpoint",

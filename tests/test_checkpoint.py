@@ -12,7 +12,7 @@ from test_mma import make_batch, perturb_adapters
 
 from lavin_lightning.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
 from lavin_lightning.errors import CheckpointError
-from lavin_lightning.models.lavin import GenerationConfig
+from lavin_lightning.models.causal_lm import GenerationConfig
 
 ADAPTER_TENSORS = ["down.weight", "down.bias", "up_experts.0.weight", "up_experts.0.bias",
                    "up_experts.1.weight", "up_experts.1.bias", "router.weight", "router.bias"]

@@ -65,9 +65,10 @@ def text_batch(texts: list[str], supervised_from: int = 3, images: int = 0) -> d
 
 def logits(model: AdaptedCausalLM, batch: dict) -> torch.Tensor:
     with torch.no_grad(), model.conditioning(batch):
+        inputs = model.attention_inputs(batch)
         embeds, valid, _ = model.prepare(batch)
         positions = torch.arange(embeds.shape[1]).expand(embeds.shape[0], -1)
-        return model.llm.lm_head(model.run_llm(embeds, valid, positions, embeds.shape[1]))
+        return model.llm.lm_head(model.run_llm(embeds, valid, positions, embeds.shape[1], attention_inputs=inputs))
 
 
 def randomise(module) -> None:

@@ -55,7 +55,7 @@ def test_disabled_prompts_reproduce_the_frozen_backbone_exactly(config):
     with torch.no_grad():
         reference = plain.loss(batch)
         with adapters_disabled(module.model):
-            assert module.model.instruction_prompt_tokens() == 0
+            assert module.model.maple.prompt_tokens == 0
             disabled = module.model.loss(batch)
         active = module.model.loss(batch)
         shift = (module.model.features(batch).projected - plain.features(batch).projected).abs().max()
@@ -73,10 +73,10 @@ def test_config_and_injection_are_validated():
     with pytest.raises(ConfigError, match=r"ViT has 2 layers and the Q-Former 2"):
         build(depth=3)
     module = build(depth=1)
-    from lavin_lightning.adapters.maple import inject_maple
+    from lavin_lightning.adapters import maple
 
     with pytest.raises(ConfigError, match="inject once"):
-        inject_maple(module.model, MaPLeConfig(depth=1))
+        maple.inject(module.model, MaPLeConfig(depth=1))
 
 
 def test_wrappers_sit_in_the_first_j_layers_only():
@@ -86,7 +86,7 @@ def test_wrappers_sit_in_the_first_j_layers_only():
     assert isinstance(backbone.vision_model.encoder.layers[0], VisionPrompts)
     assert not isinstance(backbone.vision_model.encoder.layers[1], VisionPrompts)
     assert not any(isinstance(layer, ReplaceTextPrompts) for layer in backbone.qformer.encoder.layer)
-    # The wrappers reference the shared prompts without registering them: one owner.
+    # The wrappers register the shared prompts too; they are named (and saved) once, on the model.
     assert sorted(module.trainable_names) == ["model.maple.couplings.0.bias", "model.maple.couplings.0.weight",
                                               "model.maple.prompts"]
 

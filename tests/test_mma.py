@@ -11,7 +11,7 @@ from torch import nn
 from lavin_lightning.adapters.core import NormThenAdapter, match_modules, wrap_norms
 from lavin_lightning.adapters.mma import GroupedLinear, MMAConfig, RepAdapter, RepAdapterRouter
 from lavin_lightning.errors import ConfigError
-from lavin_lightning.models.lavin import GenerationConfig
+from lavin_lightning.models.causal_lm import GenerationConfig
 
 PROMPTS = [
     ("Question: What colour is the square?\nContext: N/A\nOptions: (A) red (B) blue\nResponse:", "The answer is A."),

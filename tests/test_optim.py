@@ -23,8 +23,8 @@ def test_schedule_matches_the_release_formula():
 def test_optimizer_groups_lr_scaling_and_schedule(make_tiny_lavin):
     module = make_tiny_lavin()
     module.optim = OptimConfig(base_lr=9e-3, weight_decay=0.02, warmup_epochs=2)
-    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(global_batch_size=32),
-                                      estimated_stepping_batches=200, max_epochs=20)
+    module.global_batch_size = 32
+    module._trainer = SimpleNamespace(estimated_stepping_batches=200, max_epochs=20)
     config = module.configure_optimizers()
     optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert optimizer.defaults["lr"] == pytest.approx(9e-3 * 32 / 256)  # 1.125e-3
@@ -42,4 +42,7 @@ def test_optimizer_groups_lr_scaling_and_schedule(make_tiny_lavin):
 
     module.optim = OptimConfig(base_lr=None, lr=None)
     with pytest.raises(ConfigError, match="optim.lr"):
+        module.configure_optimizers()
+    module.optim, module.global_batch_size = OptimConfig(base_lr=9e-3), None  # a base lr needs the global batch
+    with pytest.raises(ConfigError, match="global_batch_size"):
         module.configure_optimizers()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lavin_lightning.adapters.core import AdapterModule, match_modules, replace_module
+from lavin_lightning.adapters.core import AdapterModule, Injection, match_modules, prefixed, replace_module
 from lavin_lightning.errors import ConfigError
 
 
@@ -68,29 +68,36 @@ class OutputThenAdapter(nn.Module):
 
 
 class AdapterThenModule(nn.Module):
-    """`module(adapter(x), ...)` with an adapter owned elsewhere (held, not registered)."""
+    """`module(adapter(x), ...)`: the adapter is the layer's own (also registered after its
+    self-attention), applied again to the queries entering cross-attention."""
 
     def __init__(self, module: nn.Module, adapter: BottleneckAdapter):
         super().__init__()
         self.module = module
-        self._adapter = (adapter,)
+        self.adapter = adapter
 
     def forward(self, hidden_states, *args, **kwargs):
-        adapter = self._adapter[0]
+        adapter = self.adapter
         return self.module(adapter(hidden_states) if adapter.active else hidden_states, *args, **kwargs)
 
 
-def inject_bottleneck(qformer: nn.Module, config: BottleneckConfig) -> list[str]:
-    """One adapter per Q-Former layer; returns the adapted layers' names."""
+def inject(model: nn.Module, config: BottleneckConfig) -> Injection:
+    """One adapter per layer of the Q-Former of `model.backbone` (an InstructBLIP)."""
+    qformer = model.backbone.qformer
     attention = match_modules(qformer, r"encoder\.layer\.(\d+)\.attention")
     for name in attention:
         if isinstance(qformer.get_submodule(name), OutputThenAdapter):
             raise ConfigError(f"{name} already carries an adapter; inject once per model")
     width = qformer.config.hidden_size
+    adapters, targets = [], []
     for name in attention:
-        layer = qformer.get_submodule(name.rsplit(".", 1)[0])
+        layer_name = name.rsplit(".", 1)[0]
+        layer = qformer.get_submodule(layer_name)
         adapter = BottleneckAdapter(width, config)
         replace_module(qformer, name, OutputThenAdapter(layer.attention, adapter))
+        targets.append(name)
         if config.cross_attention_input and layer.has_cross_attention:
             layer.crossattention = AdapterThenModule(layer.crossattention, adapter)
-    return attention
+            targets.append(f"{layer_name}.crossattention")
+        adapters.append(adapter)
+    return Injection(prefixed("backbone.qformer", targets), adapters)

@@ -1,8 +1,15 @@
 """The injection core shared by every method.
 
+* Every adapters file exposes `inject(model, config) -> Injection`: it validates every
+  target first, then mutates the backbone(s) inside `model` (registering any module of its
+  own that lives outside them on `model` itself) and returns what it targeted and what it
+  owns. The targeted names are recorded in the adapter export.
 * `AdapterModule` marks a module whose parameters are all trainable. The trainable set
   is found structurally (by type), never by matching parameter names, and the same set
-  drives `requires_grad`, the optimizer's parameter groups and the checkpoint.
+  drives `requires_grad`, the optimizer's parameter groups and the checkpoint. A module
+  shared by several seams is registered in each (normally, so that `.to()`, `.modules()`
+  and distributed wrappers all see it); PyTorch names it by its first path, which `attach`
+  makes the model-level one.
 * `match_modules` resolves targets by a regular expression over module names plus an
   optional layer filter and raises, before anything is changed, when a target matches
   nothing or fewer layers than asked.
@@ -15,11 +22,41 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from lavin_lightning.errors import ConfigError
+
+
+@dataclass
+class Injection:
+    """What `inject(model, config)` did.
+
+    Attributes:
+        targets: the backbone modules it wrapped or attached to, by name within `model`.
+        modules: the modules it created and owns (their parameters are the trainable set).
+        trained: backbone modules or parameters trained as a whole (full / head tuning).
+    """
+
+    targets: list[str]
+    modules: list[nn.Module]
+    trained: list[nn.Module | nn.Parameter] = field(default_factory=list)
+
+
+def attach(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Register `module` as `model.<name>`, ahead of the backbones: a module that seams inside
+    the backbones share is then named (and saved) here, by PyTorch's first-path rule."""
+    setattr(model, name, module)
+    children = model._modules
+    children.update([(key, children.pop(key)) for key in list(children) if key != name])  # `name` first
+    return module
+
+
+def prefixed(prefix: str, names: Sequence[str]) -> list[str]:
+    """`names` within a submodule, as names within its parent (`prefix.name`)."""
+    return [f"{prefix}.{name}" for name in names]
 
 
 class AdapterModule(nn.Module):
@@ -132,8 +169,9 @@ class LinearWithDelta(nn.Module):
         return self.delta(x.to(dtype), out.to(dtype)).to(out.dtype)
 
 
-def wrap_linears(model: nn.Module, names: Sequence[str], make_delta: Callable[[str, nn.Linear], AdapterModule]) -> None:
-    """Wrap every named nn.Linear as `LinearWithDelta(linear, make_delta(name, linear))`.
+def wrap_linears(model: nn.Module, names: Sequence[str],
+                 make_delta: Callable[[str, nn.Linear], AdapterModule]) -> list[AdapterModule]:
+    """Wrap every named nn.Linear as `LinearWithDelta(linear, make_delta(name, linear))`; return the deltas.
 
     Validates all targets before changing anything, so a failure leaves `model` as it was."""
     linears = []
@@ -143,11 +181,14 @@ def wrap_linears(model: nn.Module, names: Sequence[str], make_delta: Callable[[s
             kind = "already carries an adapter" if isinstance(module, LinearWithDelta) else "is not an nn.Linear"
             raise ConfigError(f"{name} {kind} ({type(module).__name__}); inject once per model, on linear layers")
         linears.append((name, module))
+    deltas = []
     for name, module in linears:
         delta = make_delta(name, module)
         if module.weight.device.type != "meta":
             delta.to(module.weight.device)
         replace_module(model, name, LinearWithDelta(module, delta))
+        deltas.append(delta)
+    return deltas
 
 
 def norm_width(norm: nn.Module) -> int:
@@ -203,47 +244,44 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def unwrapped_norms(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The named norms; ConfigError if one of them already carries an adapter."""
+    norms = [model.get_submodule(name) for name in names]
+    for name, module in zip(names, norms):
+        if isinstance(module, NormThenAdapter):
+            raise ConfigError(f"{name} already carries an adapter; inject once per model")
+    return norms
+
+
 def wrap_norms(
     model: nn.Module, names: Sequence[str], make_adapter: Callable[[int], AdapterModule]
-) -> list[str]:
-    """Wrap every named norm as `NormThenAdapter(norm, make_adapter(width))`.
+) -> list[AdapterModule]:
+    """Wrap every named norm as `NormThenAdapter(norm, make_adapter(width))`; return the adapters.
 
     Validates all targets before changing anything, so a failure leaves `model` as it was.
     """
-    norms = []
-    for name in names:
-        module = model.get_submodule(name)
-        if isinstance(module, NormThenAdapter):
-            raise ConfigError(f"{name} already carries an adapter; inject once per model")
-        norms.append((name, module, norm_width(module)))
+    norms = [(name, module, norm_width(module)) for name, module in zip(names, unwrapped_norms(model, names))]
+    adapters = []
     for name, module, width in norms:
         adapter = make_adapter(width)
         ref = next(module.parameters(), None)
         if ref is not None and ref.device.type != "meta":
             adapter.to(ref.device)
         replace_module(model, name, NormThenAdapter(module, adapter))
-    return list(names)
+        adapters.append(adapter)
+    return adapters
 
 
 def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """All parameters owned by `AdapterModule`s (outermost module wins) and by the adapter
-    layers that peft tuner layers declare (`adapter_layer_names`), by full name."""
-    params: dict[str, nn.Parameter] = {}
-    covered: list[str] = []
-    tuner_layers = set(map(id, peft_layers(model)))
-    for name, module in model.named_modules():
-        if id(module) in tuner_layers:
-            for attr in module.adapter_layer_names:
-                params.update(getattr(module, attr).named_parameters(prefix=f"{name}.{attr}"))
-            continue
-        if not isinstance(module, AdapterModule):
-            continue
-        if any(name.startswith(prefix + ".") for prefix in covered):
-            continue
-        covered.append(name)
-        for pname, param in module.named_parameters(prefix=name):
-            params[pname] = param
-    return params
+    """All parameters owned by `AdapterModule`s and by the adapter layers that peft tuner
+    layers declare (`adapter_layer_names`), by name (a shared one once, by its first path)."""
+    owned: set[int] = set()
+    for layer in peft_layers(model):
+        for attr in layer.adapter_layer_names:
+            owned.update(id(p) for p in getattr(layer, attr).parameters())
+    for module in _adapter_modules(model):
+        owned.update(id(p) for p in module.parameters())
+    return {name: param for name, param in model.named_parameters() if id(param) in owned}
 
 
 def use_attention_function(llm: nn.Module, name: str, function: Callable) -> str:
@@ -276,10 +314,15 @@ def base_attention(module: nn.Module) -> Callable:
     return eager_attention_forward if name == "eager" else ALL_ATTENTION_FUNCTIONS[name]
 
 
-def mark_only_adapters_trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Freeze everything, then unfreeze exactly the adapter parameters; return them."""
+def mark_only_adapters_trainable(
+    model: nn.Module, trained: Sequence[nn.Module | nn.Parameter] = ()
+) -> dict[str, nn.Parameter]:
+    """Freeze everything, then unfreeze exactly the adapter parameters and the `trained`
+    backbone parts (full / head tuning); return them by name."""
     model.requires_grad_(False)
     params = adapter_parameters(model)
+    whole = {id(p) for part in trained for p in ([part] if isinstance(part, nn.Parameter) else part.parameters())}
+    params.update((name, p) for name, p in model.named_parameters() if id(p) in whole)
     for param in params.values():
         param.requires_grad_(True)
     return params

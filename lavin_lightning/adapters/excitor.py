@@ -26,6 +26,8 @@ The parameters of layer l live in `self_attn.{k,v}_proj.excitor` of that layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +36,10 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from lavin_lightning.adapters.core import (
     AdapterModule,
+    Injection,
     base_attention,
     match_modules,
+    prefixed,
     replace_module,
     top_layers,
     use_attention_function,
@@ -116,7 +120,8 @@ class ExcitorBlock(AdapterModule):
             nn.init.normal_(self.gate, std=config.gate_init_std)
         self.heads = config.excitor_heads
         self.extra_scale = config.extra_scale
-        # Per batch (multimodal): image tokens (B, V, D) and which samples have an image.
+        # Per batch (multimodal): image tokens (B, V, D) and which samples have an image, held
+        # by `image_tokens` for one forward or one generation (see there why).
         self.visual: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _keys_values(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -205,8 +210,29 @@ def excitor_attention(module, query, key, value, attention_mask, scaling, dropou
                   **kwargs)
 
 
-def inject_excitor(llm: nn.Module, config: ExcitorConfig, visual_width: int | None = None) -> list[str]:
-    """Put an Excitor block into the attention of the top `config.layers` layers."""
+@contextmanager
+def image_tokens(model: nn.Module, tokens: torch.Tensor, has_image: torch.Tensor) -> Iterator[None]:
+    """Every Excitor block of `model` reads these image tokens while the block is open.
+
+    Key_extra is computed inside the k_proj (or v_proj) wrapper, which the backbone calls
+    with the hidden states alone: unlike attention functions, which receive the model's
+    keyword arguments, it has no path for per-batch inputs, so the tokens are held here
+    for exactly the forward (or generation) they belong to.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, ExcitorBlock)]
+    for block in blocks:
+        block.visual = (tokens, has_image)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.visual = None
+
+
+def inject(model: nn.Module, config: ExcitorConfig) -> Injection:
+    """An Excitor block in the attention of the top `config.layers` layers of `model.llm`; with
+    a `model.vision`, its tokens become extra Excitor keys/values (multimodal, Eqs. 8-9)."""
+    llm, vision = model.llm, model.vision
     names = match_modules(llm, ATTENTION_MODULES, top_layers(llm, config.layers))
     lm_config = llm.config
     head_dim = getattr(lm_config, "head_dim", None) or lm_config.hidden_size // lm_config.num_attention_heads
@@ -214,6 +240,8 @@ def inject_excitor(llm: nn.Module, config: ExcitorConfig, visual_width: int | No
         raise ConfigError("Excitor splits Key_extra (width C) into the query heads: needs C = heads x head_dim")
     use_attention_function(llm, ATTENTION_FUNCTION, excitor_attention)
     carrier = "k_proj" if config.rope_on_key_extra else "v_proj"
+    visual_width = vision.token_width if vision is not None else None
+    blocks = []
     for name in names:
         attention = llm.get_submodule(name)
         base = getattr(attention, carrier)
@@ -221,4 +249,5 @@ def inject_excitor(llm: nn.Module, config: ExcitorConfig, visual_width: int | No
         if base.weight.device.type != "meta":
             block.to(base.weight.device)
         replace_module(attention, carrier, ExcitorProjection(base, block))
-    return names
+        blocks.append(block)
+    return Injection(prefixed("llm", [f"{name}.{carrier}" for name in names]), blocks)

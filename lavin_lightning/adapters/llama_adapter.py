@@ -12,7 +12,9 @@ its attention module (`self_attn.adaption_prompt`); `llama_adapter_attention` is
 in transformers' AttentionInterface and reads them from the module it is called with.
 
 Multimodal v1 (ScienceQA): the [CLS] features of several ViT layers, concatenated and
-projected to the LLM width, are added to every prompt of every adapted layer.
+projected to the LLM width, are added to every prompt of every adapted layer. The projected
+features of a batch reach the attention function as the keyword argument `VISUAL_KWARG` of
+the LLM's forward, which transformers hands on to every attention call.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from lavin_lightning.adapters.core import (
     AdapterModule,
+    Injection,
+    attach,
     base_attention,
     match_modules,
+    prefixed,
     top_layers,
     use_attention_function,
 )
@@ -34,6 +39,7 @@ from lavin_lightning.errors import ConfigError
 
 ATTENTION_FUNCTION = "lavin_lightning_llama_adapter"
 ATTENTION_MODULES = r"model\.layers\.(\d+)\.self_attn"
+VISUAL_KWARG = "llama_adapter_visual"  # (B, C) per batch: projected image features added to the prompts
 
 
 @dataclass
@@ -64,13 +70,12 @@ class AdaptionPrompt(AdapterModule):
         self.gate = nn.Parameter(torch.zeros(num_heads))
         if self.prompt.device.type != "meta":
             nn.init.normal_(self.prompt, std=init_std)
-        self.visual: torch.Tensor | None = None  # (B, C) per batch, set by `VisualPromptBias`
 
-    def prompts(self) -> torch.Tensor:
-        """(1 or B, K, C): the prompts, plus the batch's projected image features if any."""
-        if self.visual is None:
+    def prompts(self, visual: torch.Tensor | None = None) -> torch.Tensor:
+        """(1 or B, K, C): the prompts, plus the batch's projected image features (B, C) if any."""
+        if visual is None:
             return self.prompt[None]
-        return self.prompt[None] + self.visual[:, None].to(self.prompt.dtype)
+        return self.prompt[None] + visual[:, None].to(self.prompt.dtype)
 
 
 class VisualPromptBias(AdapterModule):
@@ -89,6 +94,7 @@ class VisualPromptBias(AdapterModule):
 
 def llama_adapter_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """The backbone's attention plus the gated prompt branch (separate softmax)."""
+    visual = kwargs.pop(VISUAL_KWARG, None)
     adapter: AdaptionPrompt | None = getattr(module, "adaption_prompt", None)
     attend = base_attention(module)
     out, weights = attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
@@ -97,7 +103,7 @@ def llama_adapter_attention(module, query, key, value, attention_mask, scaling, 
     head_dim = query.shape[-1]
 
     def prompt_keys_values():
-        prompts = adapter.prompts().to(query.dtype)  # frozen W_k / W_v, no RoPE
+        prompts = adapter.prompts(visual).to(query.dtype)  # frozen W_k / W_v, no RoPE
         n, length = prompts.shape[:2]
         k = module.k_proj(prompts).view(n, length, -1, head_dim).transpose(1, 2)
         v = module.v_proj(prompts).view(n, length, -1, head_dim).transpose(1, 2)
@@ -113,14 +119,21 @@ def llama_adapter_attention(module, query, key, value, attention_mask, scaling, 
     return out + prompt_out, None
 
 
-def inject_llama_adapter(llm: nn.Module, config: LlamaAdapterConfig) -> list[str]:
-    """Attach an `AdaptionPrompt` to the attention of the top `config.layers` layers."""
+def inject(model: nn.Module, config: LlamaAdapterConfig) -> Injection:
+    """An `AdaptionPrompt` on the attention of the top `config.layers` layers of `model.llm`;
+    with a `model.vision`, the projection of its [CLS] features (`model.visual_bias`)."""
+    llm, vision = model.llm, model.vision
     names = match_modules(llm, ATTENTION_MODULES, top_layers(llm, config.layers))
     use_attention_function(llm, ATTENTION_FUNCTION, llama_adapter_attention)
+    modules: list[nn.Module] = []
     for name in names:
         attention = llm.get_submodule(name)
         ref = attention.q_proj.weight
         prompt = AdaptionPrompt(config.prompt_length, llm.config.hidden_size, llm.config.num_attention_heads,
                                 config.prompt_init_std)
         attention.adaption_prompt = prompt.to(ref.device) if ref.device.type != "meta" else prompt
-    return names
+        modules.append(attention.adaption_prompt)
+    if vision is not None:
+        bias = VisualPromptBias(vision.width, vision.num_feature_tokens, llm.config.hidden_size)
+        modules.append(attach(model, "visual_bias", bias))
+    return Injection(prefixed("llm", names), modules)

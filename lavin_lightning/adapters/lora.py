@@ -3,6 +3,9 @@
 `peft.inject_adapter_in_model` replaces the targeted nn.Linear layers by peft's LoRA
 layers in place (the model stays a plain transformers model); the trainable set is what
 those layers declare as their adapter layers (see `adapters.core.adapter_parameters`).
+On a causal LM (`model.llm`) LoRA adapts the named projections of the decoder layers; on
+an InstructBLIP (`model.backbone`) those of every Q-Former attention, self and cross (a
+PETAL baseline).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from lavin_lightning.adapters.core import match_modules, peft_layers, top_layers
+from lavin_lightning.adapters.core import Injection, match_modules, peft_layers, prefixed, top_layers
 from lavin_lightning.errors import ConfigError
 
 
@@ -39,35 +42,30 @@ class LoRAConfig:
             raise ConfigError(f"LoRAConfig needs rank >= 1 and at least one target module, got {self}")
 
 
-def inject_lora(llm: nn.Module, config: LoRAConfig) -> list[str]:
-    """Put LoRA layers on `config.target_modules`; returns the adapted module names."""
-    layers = top_layers(llm, config.layers) if config.layers is not None else None
+def inject(model: nn.Module, config: LoRAConfig) -> Injection:
+    """LoRA layers on `config.target_modules`: the decoder layers of `model.llm`, or every
+    Q-Former attention of `model.backbone` (InstructBLIP)."""
+    if hasattr(model, "llm"):
+        root, prefix = model.llm, "llm"
+        layers = top_layers(root, config.layers) if config.layers is not None else None
+        pattern = r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.{}"
+    else:
+        if config.layers is not None:
+            raise ConfigError("LoRAConfig.layers picks decoder layers of a causal LM; the Q-Former takes all")
+        root, prefix, layers = model.backbone.qformer, "backbone.qformer", None
+        pattern = r"encoder\.layer\.(\d+)\.(?:attention|crossattention)\.attention\.{}"
     # Validate before changing anything: every target must exist in the chosen layers.
-    names = []
-    for target in config.target_modules:
-        names += match_modules(llm, rf"model\.layers\.(\d+)\.(?:self_attn|mlp)\.{target}", layers)
-    _inject_peft(llm, config, layers)
-    return names
-
-
-def _inject_peft(model: nn.Module, config: LoRAConfig, layers: list[int] | None = None) -> None:
+    names = [name for target in config.target_modules for name in match_modules(root, pattern.format(target), layers)]
     from peft import LoraConfig, inject_adapter_in_model
 
     peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                              target_modules=list(config.target_modules), layers_to_transform=layers, bias="none")
-    inject_adapter_in_model(peft_config, model)
-    for layer in peft_layers(model):
+    inject_adapter_in_model(peft_config, root)
+    modules = []
+    for layer in peft_layers(root):
         for attr in layer.adapter_layer_names:
-            getattr(layer, attr).float()  # trainable tensors in fp32 beside a half-precision backbone
-
-
-def inject_qformer_lora(qformer: nn.Module, config: LoRAConfig) -> list[str]:
-    """LoRA on the named projections of every Q-Former attention (self and cross)."""
-    names = []
-    for target in config.target_modules:
-        names += match_modules(qformer, rf"encoder\.layer\.(\d+)\.(?:attention|crossattention)\.attention\.{target}")
-    _inject_peft(qformer, config)
-    return names
+            modules.append(getattr(layer, attr).float())  # trainable tensors in fp32 beside a half-precision backbone
+    return Injection(prefixed(prefix, names), modules)
 
 
 def merge_lora(model: nn.Module) -> int:

@@ -9,7 +9,7 @@ of layer i are a linear function F_i of the language prompts of layer i. On Inst
   (the output of `qformer.embeddings`); at the input of Q-Former layer i, 1 <= i < J, the
   tokens at those n_ctx positions are replaced by P_i. Past layer J-1 they stay in the
   sequence as ordinary processed tokens. The instruction mask is widened by n_ctx ones
-  (`AdaptedInstructBLIP.instruction_prompt_tokens` asks the embeddings wrapper).
+  (`prompt_tokens`, which the MaPLe model in `models.maple` asks).
 * vision: the ViT. At the input of ViT layer 0 the n_ctx vision prompts F_0(P_0) are
   appended after the patch tokens; at layer i, 1 <= i < J, the last n_ctx tokens are
   replaced by F_i(P_i); past layer J-1 they stay (as MaPLe), so the ViT output is n_ctx
@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from lavin_lightning.adapters.core import AdapterModule, replace_module
+from lavin_lightning.adapters.core import AdapterModule, Injection, attach, replace_module
 from lavin_lightning.errors import ConfigError
-
-if TYPE_CHECKING:
-    from lavin_lightning.models.instructblip import AdaptedInstructBLIP
 
 
 @dataclass
@@ -81,6 +77,11 @@ class MaPLePrompts(AdapterModule):
         """F_layer(P_layer), (n_ctx, d_vision)."""
         return self.couplings[layer](self.prompts[layer])
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens inserted now into the Q-Former's text stream (0 while disabled)."""
+        return self.prompt_length if self.active else 0
+
 
 def _tokens(prompts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(n, D) prompts as a (B, n, D) block in `like`'s dtype."""
@@ -90,30 +91,23 @@ def _tokens(prompts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class InsertTextPrompts(nn.Module):
     """`qformer.embeddings` whose output [queries ; instruction] gets P_0 after the queries.
 
-    The original embeddings stay as `.embeddings`, frozen and untouched. `inserted_text_tokens`
-    tells the caller how many tokens it adds now (0 while disabled), for the attention mask.
+    The original embeddings stay as `.embeddings`, frozen and untouched.
     """
 
     def __init__(self, embeddings: nn.Module, prompts: MaPLePrompts):
         super().__init__()
         self.embeddings = embeddings
-        # Held, not registered: the prompts are owned (and saved) once, by the model.
-        self._prompts = (prompts,)
+        self.prompts = prompts  # registered in every wrapper and, first, on the model (`model.maple`)
 
     @property
     def word_embeddings(self) -> nn.Module:  # the Q-Former's get_input_embeddings() still works
         return self.embeddings.word_embeddings
 
-    @property
-    def inserted_text_tokens(self) -> int:
-        prompts = self._prompts[0]
-        return prompts.prompt_length if prompts.active else 0
-
     def forward(self, *args, **kwargs):
         # Whatever the upstream signature is, it passes through untouched; only the query
         # count is read, from the call's own binding of `query_embeds`.
         out = self.embeddings(*args, **kwargs)
-        prompts = self._prompts[0]
+        prompts = self.prompts
         if not prompts.active:
             return out
         query_embeds = inspect.signature(self.embeddings.forward).bind(*args, **kwargs).arguments.get("query_embeds")
@@ -128,11 +122,11 @@ class ReplaceTextPrompts(nn.Module):
     def __init__(self, layer: nn.Module, prompts: MaPLePrompts, index: int, num_queries: int):
         super().__init__()
         self.layer = layer
-        self._prompts = (prompts,)
+        self.prompts = prompts
         self.index, self.num_queries = index, num_queries
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        prompts = self._prompts[0]
+        prompts = self.prompts
         if prompts.active:
             q = kwargs.get("query_length", self.num_queries)
             n = prompts.prompt_length
@@ -148,11 +142,11 @@ class VisionPrompts(nn.Module):
     def __init__(self, layer: nn.Module, prompts: MaPLePrompts, index: int):
         super().__init__()
         self.layer = layer
-        self._prompts = (prompts,)
+        self.prompts = prompts
         self.index = index
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        prompts = self._prompts[0]
+        prompts = self.prompts
         if prompts.active:
             kept = hidden_states if self.index == 0 else hidden_states[:, : -prompts.prompt_length]
             hidden_states = torch.cat([kept, _tokens(prompts.vision(self.index), hidden_states)], dim=1)
@@ -162,10 +156,10 @@ class VisionPrompts(nn.Module):
 WRAPPERS = (InsertTextPrompts, ReplaceTextPrompts, VisionPrompts)
 
 
-def inject_maple(model: AdaptedInstructBLIP, config: MaPLeConfig) -> MaPLePrompts:
-    """Put MaPLe's prompts into an `AdaptedInstructBLIP`'s ViT and Q-Former; returns the shared
-    prompts and couplings (the caller owns them: assign them as an attribute of the model).
-    Validates every target before changing anything."""
+def inject(model: nn.Module, config: MaPLeConfig) -> Injection:
+    """MaPLe's prompts in the ViT and the Q-Former of `model.backbone` (an InstructBLIP); the
+    shared prompts and couplings become `model.maple`. Validates every target before changing
+    anything."""
     backbone = model.backbone
     vision_layers = backbone.vision_model.encoder.layers
     qformer = backbone.qformer
@@ -181,10 +175,14 @@ def inject_maple(model: AdaptedInstructBLIP, config: MaPLeConfig) -> MaPLePrompt
     ref = backbone.query_tokens
     if ref.device.type != "meta":
         prompts.to(ref.device)
+    attach(model, "maple", prompts)
     num_queries = backbone.config.num_query_tokens
     replace_module(qformer, "embeddings", InsertTextPrompts(qformer.embeddings, prompts))
     for i in range(config.depth):
         vision_layers[i] = VisionPrompts(vision_layers[i], prompts, i)
         if i > 0:
             qformer_layers[i] = ReplaceTextPrompts(qformer_layers[i], prompts, i, num_queries)
-    return prompts
+    targets = (["backbone.qformer.embeddings"]
+               + [f"backbone.vision_model.encoder.layers.{i}" for i in range(config.depth)]
+               + [f"backbone.qformer.encoder.layer.{i}" for i in range(1, config.depth)])
+    return Injection(targets, [prompts])

@@ -10,6 +10,10 @@ input r:
 so each adapter is the identity at initialisation and has 20c + 10 parameters (h=8).
 In the LLM, r is the normalised hidden state of the modality token (row 0), one routing
 decision per sample; in the ViT every token routes on its own features.
+
+`inject` puts an MM-Adapter after the norm before attention (and, with llm_placement
+"block", before the FFN) of every LLM block, one before attention in every ViT block, and
+gives the model its visual neck and modality token.
 """
 
 from __future__ import annotations
@@ -23,8 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavin_lightning.adapters.core import AdapterModule
+from lavin_lightning.adapters.core import (
+    AdapterModule,
+    Injection,
+    attach,
+    match_modules,
+    prefixed,
+    unwrapped_norms,
+    wrap_norms,
+)
 from lavin_lightning.errors import ConfigError
+
+# The norms an MM-Adapter follows in a transformers LLaMA: before attention, before the FFN.
+LLM_NORMS = {"attn": r"model\.layers\.(\d+)\.input_layernorm", "ffn": r"model\.layers\.(\d+)\.post_attention_layernorm"}
 
 
 @dataclass
@@ -238,7 +253,22 @@ def make_vision_adapter(config: MMAConfig, width: int) -> AdapterModule:
     return RepAdapter(width, config.adapter_dim, config.scale, config.dropout, config.groups)
 
 
-__all__ = [
-    "MMAConfig", "GroupedLinear", "RepAdapter", "RepAdapterRouter", "VisualNeck",
-    "ModalityEmbedding", "routing_cache", "make_llm_adapter", "make_vision_adapter",
-]
+def inject(model: nn.Module, config: MMAConfig) -> Injection:
+    """MM-Adapters in `model.llm` (and `model.vision`, a VisionEncoder or None), plus the visual
+    neck (`model.neck`, with a ViT) and the modality token (`model.modality`, if configured)."""
+    llm, vision = model.llm, model.vision
+    placements = ["attn"] + (["ffn"] if config.llm_placement == "block" else [])
+    llm_norms = [name for where in placements for name in match_modules(llm, LLM_NORMS[where])]
+    vision_norms = vision.block_norm_names("attn") if vision is not None and config.vision_adapter != "none" else []
+    unwrapped_norms(llm, llm_norms)  # validate both backbones before changing either
+    if vision_norms:
+        unwrapped_norms(vision, vision_norms)
+    modules = wrap_norms(llm, llm_norms, lambda width: make_llm_adapter(config, width))
+    if vision_norms:
+        modules += wrap_norms(vision, vision_norms, lambda width: make_vision_adapter(config, width))
+    width = llm.config.hidden_size
+    if vision is not None:
+        modules.append(attach(model, "neck", VisualNeck(vision.width, width, config.neck_dim)))
+    if config.modality_token:
+        modules.append(attach(model, "modality", ModalityEmbedding(width)))
+    return Injection(prefixed("llm", llm_norms) + prefixed("vision", vision_norms), modules)

@@ -28,7 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavin_lightning.adapters.core import AdapterModule, match_modules, replace_module, wrap_linears, wrap_norms
+from lavin_lightning.adapters.core import (
+    AdapterModule,
+    Injection,
+    attach,
+    match_modules,
+    prefixed,
+    replace_module,
+    unwrapped_norms,
+    wrap_linears,
+    wrap_norms,
+)
 from lavin_lightning.errors import ConfigError
 
 GAMMA = ("none", "per_matrix", "global")
@@ -128,12 +138,11 @@ class ModeDelta(AdapterModule):
         nn.init.xavier_uniform_(self.mode)  # the release's (R, 1) mode vectors
         self.gamma = nn.Parameter(torch.ones(())) if config.gamma == "per_matrix" else None
         self.dropout = nn.Dropout(config.dropout)
-        # Held, not registered: the shared factors are owned (and saved) once, by the model.
-        self._shared = (shared,)
+        self.shared = shared  # registered in every delta and, first, on the model (`model.petal`)
         self.factor_set = factor_set
 
     def forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        shared = self._shared[0]
+        shared = self.shared
         factors: ModeFactors = getattr(shared, self.factor_set)
         mixing = torch.einsum("abc,c->ab", factors.core, self.mode[:, 0])  # C ×₃ p, (R, R)
         delta = factors.up(self.dropout(factors.down(x)) @ mixing)
@@ -224,16 +233,17 @@ class ScaleShift(AdapterModule):
 
 
 class RecordOutput(nn.Module):
-    """Runs the wrapped self-attention block and hands its output to the layer's ScaleShift."""
+    """Runs the wrapped self-attention block and hands its output to the layer's ScaleShift
+    (the residual is added after the FFN, which the layer's own forward runs in between)."""
 
     def __init__(self, module: nn.Module, ssf: ScaleShift):
         super().__init__()
         self.module = module
-        self._ssf = (ssf,)
+        self.ssf = ssf  # also registered (and named) on the layer's AddScaleShift
 
     def forward(self, *args, **kwargs):
         out = self.module(*args, **kwargs)
-        self._ssf[0].attention_output = out
+        self.ssf.attention_output = out
         return out
 
 
@@ -242,8 +252,8 @@ class AddScaleShift(nn.Module):
 
     def __init__(self, layer: nn.Module, ssf: ScaleShift):
         super().__init__()
+        self.ssf = ssf  # registered before the layer (whose RecordOutput holds it too): named here
         self.layer = layer
-        self.ssf = ssf
 
     def forward(self, *args, **kwargs):
         out = self.layer(*args, **kwargs)
@@ -256,28 +266,38 @@ class AddScaleShift(nn.Module):
 # --------------------------------------------------------------------------- injection
 
 
-def inject_petal(backbone: nn.Module, config: PETALConfig) -> PETALShared:
-    """Put PETAL into an InstructBLIP model's Q-Former; returns the shared factors (the
-    caller owns them). Validates every target before changing anything."""
+def inject(model: nn.Module, config: PETALConfig) -> Injection:
+    """PETAL in the Q-Former of `model.backbone` (an InstructBLIP): the deltas, the shared factor
+    sets (`model.petal`), the instruction experts, the optional SSF residual and, with a
+    positive `ib_weight`, the information bottleneck's estimator (`model.information_bottleneck`).
+    Validates every target before changing anything."""
+    backbone = model.backbone
     qformer = backbone.qformer
     targets = qformer_projections(qformer)
     if not any(v == "image" for v in targets.values()):
         raise ConfigError("the Q-Former has no cross-attention layers; PETAL's image factors need them")
+    norms = ["embeddings.layernorm"] if config.experts != "none" else []
+    unwrapped_norms(qformer, norms)
+    layers = match_modules(qformer, r"encoder\.layer\.(\d+)") if config.ssf else []
     text_width = qformer.config.hidden_size
     image_width = qformer.config.encoder_hidden_size
     out_width = qformer.get_submodule(next(iter(targets))).out_features
-    shared = PETALShared(text_width, image_width, out_width, config)
-    wrap_linears(qformer, list(targets), lambda name, linear: ModeDelta(shared, targets[name], config))
-    if config.experts != "none":
-        wrap_norms(qformer, ["embeddings.layernorm"],
-                   lambda width: InstructionExperts(width, backbone.config.num_query_tokens, config))
-    if config.ssf:
-        for name in match_modules(qformer, r"encoder\.layer\.(\d+)"):
-            layer = qformer.get_submodule(name)
-            ssf = ScaleShift(text_width)
-            layer.attention = RecordOutput(layer.attention, ssf)
-            replace_module(qformer, name, AddScaleShift(layer, ssf))
-    return shared
+    shared = attach(model, "petal", PETALShared(text_width, image_width, out_width, config))
+    modules: list[nn.Module] = [shared]
+    modules += wrap_linears(qformer, list(targets), lambda name, linear: ModeDelta(shared, targets[name], config))
+    modules += wrap_norms(qformer, norms, lambda width: InstructionExperts(width, backbone.config.num_query_tokens,
+                                                                          config))
+    for name in layers:
+        layer = qformer.get_submodule(name)
+        ssf = ScaleShift(text_width)
+        layer.attention = RecordOutput(layer.attention, ssf)
+        replace_module(qformer, name, AddScaleShift(layer, ssf))
+        modules.append(ssf)
+    if config.ib_weight > 0:
+        estimator = InformationBottleneck(backbone.config.vision_config.hidden_size, text_width, config)
+        modules.append(attach(model, "information_bottleneck", estimator))
+    targeted = list(targets) + norms + [f"{name}.attention" for name in layers]
+    return Injection(prefixed("backbone.qformer", targeted), modules)
 
 
 # --------------------------------------------------------------------------- information bottleneck

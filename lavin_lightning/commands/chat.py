@@ -122,8 +122,6 @@ def run(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from lavin_lightning.models.lora import LoRA
-
     ap = argparse.ArgumentParser(prog="lavin-lightning chat", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", action="append", required=True, help="YAML config of the model (repeatable)")
     ap.add_argument("--adapter", help="directory with adapter.safetensors + adapter_config.json")
@@ -145,10 +143,6 @@ def main(argv: list[str]) -> None:
         module.adapter_path = args.adapter
     module.configure_model()
     module.eval()
-    if isinstance(module, LoRA) and module.merge_for_inference:
-        from lavin_lightning.adapters.lora import merge_lora
-
-        merge_lora(module.model)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
     session = ChatSession(module, args.template or data_args.get("template", "alpaca"), generation,
@@ -157,4 +151,5 @@ def main(argv: list[str]) -> None:
                           image_std=data_args.get("image_std", IMAGENET_STD))
     if args.image:
         session.set_image(args.image)
-    run(session, sys.stdin, sys.stdout)
+    with module.inference():  # as predict runs the model (LoRA: updates merged)
+        run(session, sys.stdin, sys.stdout)

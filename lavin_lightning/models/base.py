@@ -1,7 +1,9 @@
 """`PEFTModule`: what every method's LightningModule shares.
 
-* `configure_model` builds the frozen backbone and injects the adapters once (idempotent,
-  so FSDP/meta-device initialisation work), then fixes the trainable set structurally.
+* `configure_model` builds the frozen backbone(s) (`build_model`), injects the method's
+  adapters once (`inject`, which calls the method's adapters file), fixes the trainable set
+  structurally and loads `adapter_path` if given. It is idempotent, so FSDP and meta-device
+  initialisation work.
 * The optimizer is AdamW with no weight decay on 1-D parameters; the learning rate is
   absolute, or `base_lr x global batch / 256` when a base lr is given; the schedule is a
   per-step linear warmup followed by a half-cycle cosine (the MAE/LaVIN recipe).
@@ -11,14 +13,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
 from torch import nn
 
-from lavin_lightning.adapters.core import mark_only_adapters_trainable
+from lavin_lightning.adapters.core import Injection, mark_only_adapters_trainable
 from lavin_lightning.errors import CheckpointError, ConfigError
 
 
@@ -52,28 +55,64 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, lr: float, m
 
 
 class PEFTModule(L.LightningModule):
-    """Base LightningModule of a frozen backbone with injected adapters."""
+    """Base LightningModule of a frozen backbone with injected adapters.
+
+    A method sets `method`, keeps its settings in `self.adapter` (a dataclass) and implements
+    `inject(model)` (one call into its adapters file); the family's base class implements
+    `build_model` (the frozen backbone(s) in a container module), `tokenizer` and `backbones`.
+
+    Args:
+        optim: optimizer and schedule.
+        adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
+        global_batch_size: samples per optimizer step over all devices, which `optim.base_lr`
+            scales with; `lavin-lightning` fills it in from the data module's global batch.
+    """
 
     method: str = "peft"
 
-    def __init__(self, optim: OptimConfig | None = None):
+    def __init__(self, optim: OptimConfig | None = None, adapter_path: str | None = None,
+                 global_batch_size: int | None = None):
         super().__init__()
         self.optim = optim or OptimConfig()
+        self.adapter_path = adapter_path
+        self.global_batch_size = global_batch_size
+        self.adapter = None  # the method's settings (a dataclass), set by subclasses
         self.model: nn.Module | None = None
+        self.injection: Injection | None = None
         self._trainable: dict[str, nn.Parameter] = {}
         # Checkpoints hold only adapter tensors; `on_load_checkpoint` checks them instead.
         self.strict_loading = False
 
     # -- building ---------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """Load the frozen backbone(s) and inject the adapters. Called once."""
+        """Load the frozen backbone(s) into the container module the method injects into."""
         raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
+
+    def inject(self, model: nn.Module) -> Injection:
+        """Put the method's adapters into `model` (the method's adapters file does it)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement inject()")
+
+    def backbones(self) -> dict[str, tuple[str, nn.Module]]:
+        """The frozen backbones by role: (identifier, module), for the adapter export's fingerprint."""
+        raise NotImplementedError(f"{type(self).__name__} must implement backbones()")
+
+    @property
+    def instruction_tokenizer(self):
+        """The tokenizer of the model's instruction encoder (InstructBLIP's Q-Former); None here."""
+        return None
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = self.build_model()
-        self._trainable = {f"model.{k}": p for k, p in mark_only_adapters_trainable(self.model).items()}
+        model = self.build_model()
+        self.injection = self.inject(model)
+        self.model = model
+        trainable = mark_only_adapters_trainable(self.model, self.injection.trained)
+        self._trainable = {f"model.{k}": p for k, p in trainable.items()}
+        if self.adapter_path:
+            from lavin_lightning.checkpoint import load_adapter
+
+            load_adapter(self, self.adapter_path)
 
     @property
     def trainable_names(self) -> set[str]:
@@ -84,25 +123,32 @@ class PEFTModule(L.LightningModule):
         trainable = sum(p.numel() for p in self._trainable.values())
         return {"total": total, "trainable": trainable}
 
+    def inference(self) -> contextlib.AbstractContextManager:
+        """The model as `predict` and `chat` run it (LoRA merges its updates meanwhile)."""
+        return contextlib.nullcontext()
+
+    def on_predict_start(self) -> None:
+        self._inference = contextlib.ExitStack()
+        self._inference.enter_context(self.inference())
+
+    def on_predict_end(self) -> None:
+        self._inference.close()
+
     def on_fit_start(self) -> None:
         counts = self.parameter_counts()
         for logger in self.loggers:
             logger.log_hyperparams({"trainable_params": counts["trainable"], "total_params": counts["total"]})
 
     # -- optimisation -----------------------------------------------------------------
-    def global_batch_size(self) -> int:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        size = getattr(datamodule, "global_batch_size", None)
-        if size is None:
-            raise ConfigError("base_lr scaling needs the data module's global_batch_size; set optim.lr instead")
-        return int(size)
-
     def learning_rate(self) -> float:
         if self.optim.lr is not None:
             return self.optim.lr
         if self.optim.base_lr is None:
             raise ConfigError("set optim.lr (absolute) or optim.base_lr (per 256 samples)")
-        return self.optim.base_lr * self.global_batch_size() / 256
+        if self.global_batch_size is None:
+            raise ConfigError("optim.base_lr is per 256 samples and needs the module's global_batch_size "
+                              "(lavin-lightning fills it in from the data module's); or set optim.lr")
+        return self.optim.base_lr * self.global_batch_size / 256
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -124,8 +170,14 @@ class PEFTModule(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------
     def adapter_meta(self) -> dict:
-        """What an adapter checkpoint records besides tensors (method, backbone, config)."""
-        return {"method": self.method, "trainable_params": self.parameter_counts()["trainable"]}
+        """What an adapter checkpoint records besides tensors: the method, its settings, the
+        modules it targeted and a fingerprint of every frozen backbone."""
+        from lavin_lightning.checkpoint import fingerprint
+
+        return {"method": self.method, "trainable_params": self.parameter_counts()["trainable"],
+                "config": asdict(self.adapter), "targets": list(self.injection.targets),
+                "backbone": {role: {"id": name, **fingerprint(module)}
+                             for role, (name, module) in self.backbones().items()}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Called after the state dict is filled, whatever the strategy: filter here.

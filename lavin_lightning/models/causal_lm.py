@@ -14,8 +14,8 @@ and validation loss, generation for test (ScienceQA answers) and predict.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -62,12 +62,15 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float,
 
 
 class AdaptedCausalLM(nn.Module):
-    """A frozen causal LM with injected adapters (subclasses inject in `__init__`).
+    """A frozen causal LM (`llm`) and optionally a frozen ViT (`vision`), into which a method's
+    `inject` puts its adapters.
 
-    Hooks for subclasses: `prepare` (token embeddings -> the LLM's input rows),
-    `conditioning` (per-batch state such as visual prompts, held for one forward or one
-    whole generation), `decoding` (caches that live for one generation) and
-    `attention_mask` (extra masking rules).
+    Hooks for methods that change how a batch reaches the LLM: `prepare` (token embeddings ->
+    the LLM's input rows), `attention_inputs` (per-batch keyword arguments that the LLM's
+    forward hands to every attention function: the explicit path for per-batch inputs such as
+    image features), `conditioning` (per-batch state for seams that have no such path, held
+    for one forward or one whole generation), `decoding` (caches that live for one
+    generation) and `attention_mask` (extra masking rules).
     """
 
     def __init__(self, llm: nn.Module, tokenizer, vision: nn.Module | None = None):
@@ -86,9 +89,14 @@ class AdaptedCausalLM(nn.Module):
         embeds = self.llm.get_input_embeddings()(batch["input_ids"])
         return embeds, batch["attention_mask"].bool(), batch.get("labels")
 
-    def conditioning(self, batch: dict) -> contextlib.AbstractContextManager:
-        """State the adapters read during the forward passes of `batch` (default: none)."""
+    def attention_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Keyword arguments for the LLM's forward passes of `batch`, which transformers hands
+        on to every attention function (default: none)."""
         self.image_pixels(batch)  # refuses images without a vision encoder
+        return {}
+
+    def conditioning(self, batch: dict) -> contextlib.AbstractContextManager:
+        """State that adapters without a keyword path read during `batch` (default: none)."""
         return contextlib.nullcontext()
 
     def image_pixels(self, batch: dict) -> torch.Tensor | None:
@@ -121,22 +129,24 @@ class AdaptedCausalLM(nn.Module):
     def _llm_dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
 
-    def run_llm(self, embeds, valid, position_ids, num_queries, past=None, input_ids=None) -> torch.Tensor:
+    def run_llm(self, embeds, valid, position_ids, num_queries, past=None, input_ids=None,
+                attention_inputs: dict | None = None) -> torch.Tensor:
         dtype = embeds.dtype if embeds is not None else self._llm_dtype()
         return self.llm.model(
             inputs_embeds=embeds, input_ids=input_ids, attention_mask=self.attention_mask(valid, num_queries, dtype),
-            position_ids=position_ids, cache=past, use_cache=past is not None,
+            position_ids=position_ids, cache=past, use_cache=past is not None, **(attention_inputs or {}),
         ).last_hidden_state
 
     def _supervised_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits only where a label is set (the LM head over every position costs a lot
         and nobody reads it): (logits (N,V), targets (N,), row index (N,))."""
+        inputs = self.attention_inputs(batch)
         with self.conditioning(batch):
             embeds, valid, labels = self.prepare(batch)
             if labels is None:
                 raise ConfigError("this batch has no `labels`; loss and log-likelihoods need them")
             positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
-            hidden = self.run_llm(embeds, valid, positions, embeds.shape[1])
+            hidden = self.run_llm(embeds, valid, positions, embeds.shape[1], attention_inputs=inputs)
         targets = labels[:, 1:]
         supervised = targets != IGNORE_INDEX
         rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[supervised]
@@ -162,6 +172,7 @@ class AdaptedCausalLM(nn.Module):
                  on_token: Callable[[torch.Tensor], None] | None = None) -> list[list[int]]:
         """New token ids per sample (EOS and what follows removed). `on_token` receives the
         (B,) tokens of every step as they are sampled (streaming)."""
+        inputs = self.attention_inputs(batch)
         with self.conditioning(batch), self.decoding():
             embeds, valid, _ = self.prepare(batch)
             batch_size = embeds.shape[0]
@@ -170,7 +181,7 @@ class AdaptedCausalLM(nn.Module):
             out: list[torch.Tensor] = []
             positions = torch.arange(embeds.shape[1], device=embeds.device).expand(batch_size, -1)
             past = DynamicCache(config=self.llm.config) if use_cache else None
-            hidden = self.run_llm(embeds, valid, positions, embeds.shape[1], past=past)
+            hidden = self.run_llm(embeds, valid, positions, embeds.shape[1], past=past, attention_inputs=inputs)
             last = hidden[torch.arange(batch_size), lengths - 1]
             for step in range(config.max_new_tokens):
                 token = sample_top_p(self.llm.lm_head(last), config.temperature, config.top_p, generator)
@@ -186,25 +197,14 @@ class AdaptedCausalLM(nn.Module):
                 valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
                 new_pos = (lengths + step)[:, None]
                 if use_cache:
-                    last = self.run_llm(None, valid, new_pos, 1, past=past, input_ids=token[:, None])[:, -1]
+                    last = self.run_llm(None, valid, new_pos, 1, past=past, input_ids=token[:, None],
+                                        attention_inputs=inputs)[:, -1]
                 else:
                     embeds = torch.cat([embeds, self.llm.get_input_embeddings()(token)[:, None]], dim=1)
                     positions = torch.cat([positions, new_pos], dim=1)
-                    last = self.run_llm(embeds, valid, positions, embeds.shape[1])[:, -1]
+                    last = self.run_llm(embeds, valid, positions, embeds.shape[1], attention_inputs=inputs)[:, -1]
         tokens = torch.stack(out, dim=1).tolist()
         return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in tokens]
-
-
-@contextlib.contextmanager
-def adapters_holding(modules: list[nn.Module], attribute: str, value) -> Iterator[None]:
-    """Give `modules` a per-batch `attribute` (e.g. image features) for the block's duration."""
-    for module in modules:
-        setattr(module, attribute, value)
-    try:
-        yield
-    finally:
-        for module in modules:
-            setattr(module, attribute, None)
 
 
 def _float_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -215,8 +215,10 @@ def _float_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class CausalLMModule(PEFTModule):
     """LightningModule of a method over a frozen causal LM (and optionally a frozen ViT).
 
-    Subclasses set `method`, keep their adapter settings in `self.adapter` (a dataclass)
-    and implement `build_adapted(llm, vision, tokenizer)`.
+    A method sets `method`, keeps its settings in `self.adapter` (a dataclass), implements
+    `inject(model)` and, if it changes how a batch reaches the LLM, sets `model_class` to its
+    `AdaptedCausalLM` subclass. Its `__init__` takes its own arguments and hands the rest
+    (`**kwargs`) to this one, whose arguments the command line then offers too.
 
     Args:
         llm: the frozen language model (LLaMA family).
@@ -224,16 +226,19 @@ class CausalLMModule(PEFTModule):
         optim: optimizer and schedule.
         generation: decoding at test/predict time.
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
+        global_batch_size: samples per optimizer step over all devices, for `optim.base_lr`
+            (filled in from the data module by `lavin-lightning`).
     """
 
+    model_class: type[AdaptedCausalLM] = AdaptedCausalLM
+
     def __init__(self, llm: LLMSpec, vision: VisionSpec | None = None, optim: OptimConfig | None = None,
-                 generation: GenerationConfig | None = None, adapter_path: str | None = None):
-        super().__init__(optim)
+                 generation: GenerationConfig | None = None, adapter_path: str | None = None,
+                 global_batch_size: int | None = None):
+        super().__init__(optim, adapter_path, global_batch_size)
         self.llm_spec = llm
         self.vision_spec = vision
         self.generation = generation or GenerationConfig()
-        self.adapter_path = adapter_path
-        self.adapter = None  # the method's settings (a dataclass), set by subclasses
         self._tokenizer = None
         self._sampling_generator = None
 
@@ -244,27 +249,19 @@ class CausalLMModule(PEFTModule):
             self._tokenizer = load_tokenizer(self.llm_spec)
         return self._tokenizer
 
-    def build_adapted(self, llm: nn.Module, vision: nn.Module | None, tokenizer) -> AdaptedCausalLM:
-        raise NotImplementedError(f"{type(self).__name__} must implement build_adapted()")
+    def model_options(self) -> dict:
+        """Keyword arguments of `model_class` beyond (llm, tokenizer, vision)."""
+        return {}
 
     def build_model(self) -> AdaptedCausalLM:
         counting_only = torch.get_default_device().type == "meta"
         llm = load_causal_lm(self.llm_spec)
         vision = build_vision_encoder(self.vision_spec) if self.vision_spec is not None else None
-        return self.build_adapted(llm, vision, None if counting_only else self.tokenizer)
+        return self.model_class(llm, None if counting_only else self.tokenizer, vision, **self.model_options())
 
-    def configure_model(self) -> None:
-        first = self.model is None
-        super().configure_model()
-        if first and self.adapter_path:
-            from lavin_lightning.checkpoint import load_adapter
-
-            load_adapter(self, self.adapter_path)
-
-    def adapter_meta(self) -> dict:
-        from lavin_lightning.checkpoint import backbone_record
-
-        return {**super().adapter_meta(), "config": asdict(self.adapter), "backbone": backbone_record(self)}
+    def backbones(self) -> dict[str, tuple[str, nn.Module]]:
+        roles = {"llm": (self.llm_spec, self.model.llm), "vision": (self.vision_spec, self.model.vision)}
+        return {role: (spec.backbone_id, module) for role, (spec, module) in roles.items() if module is not None}
 
     # -- steps ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

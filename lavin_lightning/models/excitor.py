@@ -5,21 +5,17 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import nn
 
-from lavin_lightning.adapters.excitor import ExcitorBlock, ExcitorConfig, inject_excitor
+from lavin_lightning.adapters import excitor
+from lavin_lightning.adapters.core import Injection
+from lavin_lightning.adapters.excitor import ExcitorBlock, ExcitorConfig
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
-from lavin_lightning.models.base import OptimConfig
-from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule, GenerationConfig, adapters_holding
+from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule
 
 
 class ExcitorModel(AdaptedCausalLM):
     """Frozen LLaMA with Excitor blocks; with a ViT, its tokens become extra Excitor keys/values."""
-
-    def __init__(self, llm: nn.Module, tokenizer, config: ExcitorConfig, vision: nn.Module | None = None):
-        super().__init__(llm, tokenizer, vision)
-        inject_excitor(llm, config, vision.token_width if vision is not None else None)
 
     def conditioning(self, batch: dict) -> contextlib.AbstractContextManager:
         pixels = self.image_pixels(batch)
@@ -30,8 +26,7 @@ class ExcitorModel(AdaptedCausalLM):
         features = self.vision.token_features(pixels)
         tokens = features.new_zeros(has_image.shape[0], *features.shape[1:])
         tokens[has_image] = features
-        blocks = [m for m in self.llm.modules() if isinstance(m, ExcitorBlock)]
-        return adapters_holding(blocks, "visual", (tokens, has_image))
+        return excitor.image_tokens(self.llm, tokens, has_image)
 
 
 class Excitor(CausalLMModule):
@@ -42,22 +37,21 @@ class Excitor(CausalLMModule):
         vision: the frozen image encoder (multimodal Excitor: CLIP with `projection: true`
             gives the paper's D = 768 tokens); None for the text model.
         adapter: Excitor settings (prompt length, rank, gate init, scaling, RoPE, heads).
-        optim: optimizer and schedule (the paper: LLaMA-Adapter's, base lr 9e-3).
-        generation: decoding at test/predict time (temperature 0.1, top-p 0.75).
-        adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
+        **kwargs: `CausalLMModule`'s (optim: the paper uses LLaMA-Adapter's, base lr 9e-3;
+            generation: temperature 0.1, top-p 0.75; adapter_path; global_batch_size).
     """
 
     method = "excitor"
+    model_class = ExcitorModel
 
     def __init__(self, llm: LLMSpec, vision: VisionSpec | None = None, adapter: ExcitorConfig | None = None,
-                 optim: OptimConfig | None = None, generation: GenerationConfig | None = None,
-                 adapter_path: str | None = None):
-        super().__init__(llm, vision, optim, generation, adapter_path)
+                 **kwargs):
+        super().__init__(llm, vision, **kwargs)
         self.adapter = adapter or ExcitorConfig()
         self.save_hyperparameters()
 
-    def build_adapted(self, llm, vision, tokenizer) -> ExcitorModel:
-        return ExcitorModel(llm, tokenizer, self.adapter, vision)
+    def inject(self, model: ExcitorModel) -> Injection:
+        return excitor.inject(model, self.adapter)
 
     @torch.no_grad()
     def zero_gates(self) -> None:

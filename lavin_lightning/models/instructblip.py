@@ -15,7 +15,7 @@ text), which they add when the model has an ``instruction_tokenizer``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -77,12 +77,10 @@ class AdaptedInstructBLIP(nn.Module):
     def language_model(self) -> nn.Module:
         return self.backbone.language_model
 
-    def instruction_prompt_tokens(self) -> int:
-        """Learned tokens a method inserts now into the Q-Former's text stream right after the
-        queries (MaPLe's language prompts; 0 while its adapters are disabled): the Q-Former's
-        embedding layer declares them as `inserted_text_tokens`, and the instruction mask is
-        widened to match."""
-        return int(getattr(self.backbone.qformer.embeddings, "inserted_text_tokens", 0))
+    def instruction_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The Q-Former's attention mask over the instruction tokens; a method that inserts
+        tokens into that stream widens it (default: as given)."""
+        return mask
 
     def features(self, batch: dict) -> QueryFeatures:
         ids = batch.get("instruction_input_ids")
@@ -90,10 +88,7 @@ class AdaptedInstructBLIP(nn.Module):
             raise ConfigError("InstructBLIP batches need instruction_input_ids (the Q-Former's text): the data "
                               "module adds them when the model has an instruction_tokenizer; use a VQA or "
                               "caption data module, or set its instruction_tokenizer")
-        mask = batch["instruction_attention_mask"]
-        inserted = self.instruction_prompt_tokens()
-        if inserted:
-            mask = torch.cat([mask.new_ones(mask.shape[0], inserted), mask], dim=1)
+        mask = self.instruction_mask(batch["instruction_attention_mask"])
         vision_dtype = self.backbone.vision_model.embeddings.patch_embedding.weight.dtype
         out = self.backbone.get_image_features(
             batch["pixel_values"].to(vision_dtype), qformer_input_ids=ids, qformer_attention_mask=mask,
@@ -186,24 +181,28 @@ class AdaptedInstructBLIP(nn.Module):
 class InstructBLIPModule(PEFTModule):
     """LightningModule of a method over a frozen InstructBLIP.
 
-    Subclasses set `method`, keep their settings in `self.adapter` (a dataclass) and
-    implement `inject(model)`; `trainable_backbone_parts` names backbone modules trained as
-    a whole (full and head tuning), `extra_loss` adds training terms.
+    A method sets `method`, keeps its settings in `self.adapter` (a dataclass), implements
+    `inject(model)` and, to add training terms, `extra_loss`; a method that changes how a
+    batch reaches the Q-Former sets `model_class` to its `AdaptedInstructBLIP` subclass. Its
+    `__init__` takes its own arguments and hands the rest (`**kwargs`) to this one.
 
     Args:
         backbone: the frozen InstructBLIP.
         optim: optimizer and schedule.
-        generation: decoding at test/predict time.
+        generation: decoding at test/predict time (beam search).
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
+        global_batch_size: samples per optimizer step over all devices, for `optim.base_lr`
+            (filled in from the data module by `lavin-lightning`).
     """
 
+    model_class: type[AdaptedInstructBLIP] = AdaptedInstructBLIP
+
     def __init__(self, backbone: InstructBLIPSpec, optim: OptimConfig | None = None,
-                 generation: BeamSearchConfig | None = None, adapter_path: str | None = None):
-        super().__init__(optim)
+                 generation: BeamSearchConfig | None = None, adapter_path: str | None = None,
+                 global_batch_size: int | None = None):
+        super().__init__(optim, adapter_path, global_batch_size)
         self.backbone_spec = backbone
         self.generation = generation or BeamSearchConfig()
-        self.adapter_path = adapter_path
-        self.adapter = None
         self._tokenizers = None
 
     @property
@@ -219,39 +218,12 @@ class InstructBLIPModule(PEFTModule):
         self.tokenizer  # noqa: B018 -- loads both
         return self._tokenizers[1]
 
-    # -- building -------------------------------------------------------------------
-    def inject(self, model: AdaptedInstructBLIP) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement inject()")
-
-    def trainable_backbone_parts(self, model: AdaptedInstructBLIP) -> list[nn.Module | nn.Parameter]:
-        return []
-
     def build_model(self) -> AdaptedInstructBLIP:
         counting_only = torch.get_default_device().type == "meta"
-        model = AdaptedInstructBLIP(load_instructblip(self.backbone_spec), None if counting_only else self.tokenizer)
-        self.inject(model)
-        return model
+        return self.model_class(load_instructblip(self.backbone_spec), None if counting_only else self.tokenizer)
 
-    def configure_model(self) -> None:
-        first = self.model is None
-        super().configure_model()
-        if not first:
-            return
-        names = {id(p): n for n, p in self.model.named_parameters(prefix="model")}
-        for part in self.trainable_backbone_parts(self.model):
-            for param in [part] if isinstance(part, nn.Parameter) else part.parameters():
-                param.requires_grad_(True)
-                self._trainable[names[id(param)]] = param
-        if self.adapter_path:
-            from lavin_lightning.checkpoint import load_adapter
-
-            load_adapter(self, self.adapter_path)
-
-    def adapter_meta(self) -> dict:
-        from lavin_lightning.checkpoint import fingerprint
-
-        frozen = {"id": self.backbone_spec.backbone_id, **fingerprint(self.model.backbone)}
-        return {**super().adapter_meta(), "config": asdict(self.adapter), "backbone": {"instructblip": frozen}}
+    def backbones(self) -> dict[str, tuple[str, nn.Module]]:
+        return {"instructblip": (self.backbone_spec.backbone_id, self.model.backbone)}
 
     # -- steps ----------------------------------------------------------------------
     def extra_loss(self, batch: dict, features: QueryFeatures) -> dict[str, torch.Tensor]:

@@ -19,48 +19,23 @@ import contextlib
 import torch
 from torch import nn
 
-from lavin_lightning.adapters.core import match_modules, wrap_norms
-from lavin_lightning.adapters.mma import (
-    MMAConfig,
-    ModalityEmbedding,
-    VisualNeck,
-    make_llm_adapter,
-    make_vision_adapter,
-    routing_cache,
-)
+from lavin_lightning.adapters import mma
+from lavin_lightning.adapters.core import Injection
+from lavin_lightning.adapters.mma import MMAConfig, routing_cache
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
 from lavin_lightning.batch import IGNORE_INDEX
-from lavin_lightning.models.base import OptimConfig
-from lavin_lightning.models.causal_lm import (
-    AdaptedCausalLM,
-    CausalLMModule,
-    GenerationConfig,
-    _float_mask,
-    sample_top_p,
-)
-
-__all__ = ["LaVIN", "LaVINModel", "GenerationConfig", "sample_top_p"]
-
-LLM_NORMS = {"attn": r"model\.layers\.(\d+)\.input_layernorm", "ffn": r"model\.layers\.(\d+)\.post_attention_layernorm"}
+from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule, _float_mask
 
 
 class LaVINModel(AdaptedCausalLM):
-    """Frozen LLaMA + frozen ViT with MM-Adapters, visual neck and modality token."""
+    """Frozen LLaMA + frozen ViT; `mma.inject` adds the MM-Adapters, the visual neck (`neck`)
+    and the modality token (`modality`, None without one)."""
 
-    def __init__(self, llm: nn.Module, vision: nn.Module | None, config: MMAConfig, tokenizer,
+    def __init__(self, llm: nn.Module, tokenizer, vision: nn.Module | None = None,
                  image_prefix: str = "Image: ", text_prefix: str = "Image: N/A"):
         super().__init__(llm, tokenizer, vision)
-        self.config = config
-        width = llm.config.hidden_size
-        placements = ["attn"] + (["ffn"] if config.llm_placement == "block" else [])
-        for where in placements:
-            wrap_norms(llm, match_modules(llm, LLM_NORMS[where]), lambda c: make_llm_adapter(config, c))
-        if vision is not None:
-            if config.vision_adapter != "none":
-                wrap_norms(vision, vision.block_norm_names("attn"), lambda c: make_vision_adapter(config, c))
-            self.neck = VisualNeck(vision.width, width, config.neck_dim)
-        self.modality = ModalityEmbedding(width) if config.modality_token else None
+        self.modality: nn.Module | None = None
 
         def encode(text: str) -> torch.Tensor:
             ids = tokenizer(text, add_special_tokens=False).input_ids if tokenizer is not None else []
@@ -139,33 +114,33 @@ class LaVIN(CausalLMModule):
         llm: the frozen language model (LLaMA family).
         vision: the frozen image encoder; None for a text-only model.
         adapter: Mixture-of-Modality Adaptation settings.
-        optim: optimizer and schedule.
-        generation: decoding at test/predict time.
-        adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
         image_prefix: text before the visual slots of image-text samples.
         text_prefix: text in their place for text-only samples.
+        **kwargs: `CausalLMModule`'s (optim, generation, adapter_path, global_batch_size).
     """
 
     method = "lavin"
+    model_class = LaVINModel
 
     def __init__(
         self,
         llm: LLMSpec,
         vision: VisionSpec | None = None,
         adapter: MMAConfig | None = None,
-        optim: OptimConfig | None = None,
-        generation: GenerationConfig | None = None,
-        adapter_path: str | None = None,
         image_prefix: str = "Image: ",
         text_prefix: str = "Image: N/A",
+        **kwargs,
     ):
-        super().__init__(llm, vision, optim, generation, adapter_path)
+        super().__init__(llm, vision, **kwargs)
         self.adapter = adapter or MMAConfig()
         self.image_prefix, self.text_prefix = image_prefix, text_prefix
         self.save_hyperparameters()
 
-    def build_adapted(self, llm, vision, tokenizer) -> LaVINModel:
-        return LaVINModel(llm, vision, self.adapter, tokenizer, self.image_prefix, self.text_prefix)
+    def model_options(self) -> dict:
+        return {"image_prefix": self.image_prefix, "text_prefix": self.text_prefix}
+
+    def inject(self, model: LaVINModel) -> Injection:
+        return mma.inject(model, self.adapter)
 
     def adapter_meta(self) -> dict:
         return {**super().adapter_meta(), "image_prefix": self.image_prefix, "text_prefix": self.text_prefix}

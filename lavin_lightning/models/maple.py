@@ -3,10 +3,21 @@ stream (see `adapters.maple`)."""
 
 from __future__ import annotations
 
-from lavin_lightning.adapters.maple import MaPLeConfig, inject_maple
+import torch
+
+from lavin_lightning.adapters import maple
+from lavin_lightning.adapters.core import Injection
+from lavin_lightning.adapters.maple import MaPLeConfig
 from lavin_lightning.backbones.instructblip import InstructBLIPSpec
-from lavin_lightning.models.base import OptimConfig
-from lavin_lightning.models.instructblip import AdaptedInstructBLIP, BeamSearchConfig, InstructBLIPModule
+from lavin_lightning.models.instructblip import AdaptedInstructBLIP, InstructBLIPModule
+
+
+class MaPLeInstructBLIP(AdaptedInstructBLIP):
+    """InstructBLIP whose instruction mask covers the language prompts inserted after the queries."""
+
+    def instruction_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        inserted = self.maple.prompt_tokens
+        return torch.cat([mask.new_ones(mask.shape[0], inserted), mask], dim=1) if inserted else mask
 
 
 class MaPLe(InstructBLIPModule):
@@ -20,19 +31,16 @@ class MaPLe(InstructBLIPModule):
     Args:
         backbone: the frozen InstructBLIP.
         adapter: MaPLe settings.
-        optim: optimizer and schedule.
-        generation: decoding at test/predict time (beam search).
-        adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
+        **kwargs: `InstructBLIPModule`'s (optim, generation, adapter_path, global_batch_size).
     """
 
     method = "maple"
+    model_class = MaPLeInstructBLIP
 
-    def __init__(self, backbone: InstructBLIPSpec, adapter: MaPLeConfig | None = None,
-                 optim: OptimConfig | None = None, generation: BeamSearchConfig | None = None,
-                 adapter_path: str | None = None):
-        super().__init__(backbone, optim, generation, adapter_path)
+    def __init__(self, backbone: InstructBLIPSpec, adapter: MaPLeConfig | None = None, **kwargs):
+        super().__init__(backbone, **kwargs)
         self.adapter = adapter or MaPLeConfig()
         self.save_hyperparameters()
 
-    def inject(self, model: AdaptedInstructBLIP) -> None:
-        model.maple = inject_maple(model, self.adapter)
+    def inject(self, model: MaPLeInstructBLIP) -> Injection:
+        return maple.inject(model, self.adapter)

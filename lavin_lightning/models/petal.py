@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from lavin_lightning.adapters.petal import InformationBottleneck, PETALConfig, inject_petal
+from lavin_lightning.adapters import petal
+from lavin_lightning.adapters.core import Injection
+from lavin_lightning.adapters.petal import PETALConfig
 from lavin_lightning.backbones.instructblip import InstructBLIPSpec
-from lavin_lightning.models.base import OptimConfig
-from lavin_lightning.models.instructblip import AdaptedInstructBLIP, BeamSearchConfig, InstructBLIPModule, QueryFeatures
+from lavin_lightning.models.instructblip import AdaptedInstructBLIP, InstructBLIPModule, QueryFeatures
 
 
 class PETAL(InstructBLIPModule):
@@ -20,26 +21,18 @@ class PETAL(InstructBLIPModule):
     Args:
         backbone: the frozen InstructBLIP.
         adapter: PETAL settings.
-        optim: optimizer and schedule.
-        generation: decoding at test/predict time (beam search).
-        adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
+        **kwargs: `InstructBLIPModule`'s (optim, generation, adapter_path, global_batch_size).
     """
 
     method = "petal"
 
-    def __init__(self, backbone: InstructBLIPSpec, adapter: PETALConfig | None = None,
-                 optim: OptimConfig | None = None, generation: BeamSearchConfig | None = None,
-                 adapter_path: str | None = None):
-        super().__init__(backbone, optim, generation, adapter_path)
+    def __init__(self, backbone: InstructBLIPSpec, adapter: PETALConfig | None = None, **kwargs):
+        super().__init__(backbone, **kwargs)
         self.adapter = adapter or PETALConfig()
         self.save_hyperparameters()
 
-    def inject(self, model: AdaptedInstructBLIP) -> None:
-        config = model.backbone.config
-        model.petal = inject_petal(model.backbone, self.adapter)
-        if self.adapter.ib_weight > 0:
-            model.information_bottleneck = InformationBottleneck(
-                config.vision_config.hidden_size, config.qformer_config.hidden_size, self.adapter)
+    def inject(self, model: AdaptedInstructBLIP) -> Injection:
+        return petal.inject(model, self.adapter)
 
     def extra_loss(self, batch: dict, features: QueryFeatures) -> dict[str, torch.Tensor]:
         if self.adapter.ib_weight == 0:
