@@ -31,10 +31,11 @@ def make(method: str, seed: int = 0, vision: bool = False, **adapter):
     torch.manual_seed(seed)
     common = dict(llm=LLMSpec(config="tiny"), optim=OptimConfig(lr=1e-2, base_lr=None, warmup_epochs=0.0))
     if method == "excitor":
-        module = Excitor(vision=TINY_CLIP if vision else None, adapter=ExcitorConfig(layers=1, **adapter), **common)
+        module = Excitor(vision=TINY_CLIP if vision else None, adapter=ExcitorConfig(**{"layers": 1, **adapter}),
+                         **common)
     elif method == "llama_adapter":
         module = LlamaAdapter(vision=TINY_CLIP if vision else None,
-                              adapter=LlamaAdapterConfig(layers=1, **adapter), **common)
+                              adapter=LlamaAdapterConfig(**{"layers": 1, **adapter}), **common)
     else:
         module = LoRA(adapter=LoRAConfig(dropout=0.0, **adapter), **common)
     module.configure_model()
@@ -214,6 +215,14 @@ def test_layers_below_the_top_l_are_unchanged():
     module = make("excitor")
     assert not hasattr(module.model.llm.model.layers[0].self_attn.k_proj, "excitor")
     assert hasattr(module.model.llm.model.layers[1].self_attn.k_proj, "excitor")
+
+
+@pytest.mark.parametrize("method", ["excitor", "llama_adapter"])
+def test_no_layer_count_adapts_every_layer(method):
+    module = make(method)  # the top layer
+    every = make(method, layers=None)
+    assert module.injection.targets == every.injection.targets[1:]
+    assert len(every.injection.targets) == 2 == module.model.llm.config.num_hidden_layers
 
 
 # -- training touches adapters only ----------------------------------------------------------

@@ -79,6 +79,13 @@ def test_config_and_injection_are_validated():
         maple.inject(module.model, MaPLeConfig(depth=1))
 
 
+def test_no_depth_means_every_layer_of_the_shallower_branch():
+    module = build(depth=None)  # tiny: 2 ViT layers, 2 Q-Former layers
+    assert module.model.maple.depth == 2 and len(module.model.maple.couplings) == 2
+    assert module.injection.targets == ["backbone.qformer.embeddings", "backbone.vision_model.encoder.layers.0",
+                                        "backbone.vision_model.encoder.layers.1", "backbone.qformer.encoder.layer.1"]
+
+
 def test_wrappers_sit_in_the_first_j_layers_only():
     module = build(depth=1)
     backbone = module.model.backbone

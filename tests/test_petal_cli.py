@@ -23,9 +23,8 @@ def easy_vqa(tmp_path_factory):
 
 @pytest.mark.parametrize("model", [
     [],
-    ["--config", str(REPO / "experiments/tiny/qformer_baselines_tiny.yaml")],
-    ["--config", str(REPO / "experiments/tiny/qformer_baselines_tiny.yaml"),
-     "--model.class_path=lavin_lightning.models.qformer_baselines.QFormerLoRA",
+    ["--config", str(REPO / "experiments/tiny/bottleneck_tiny.yaml")],
+    ["--config", str(REPO / "experiments/tiny/qformer_lora_tiny.yaml"),
      "--model.init_args.adapter.rank=4", "--model.init_args.adapter.target_modules=[query,value]"],
 ], ids=["petal", "bottleneck", "lora"])
 def test_fit_and_test_on_easy_vqa(easy_vqa, tmp_path, monkeypatch, model):

@@ -230,9 +230,11 @@ def match_modules(model: nn.Module, pattern: str, layers: Sequence[int] | None =
     return [by_layer[i] for i in layers]
 
 
-def top_layers(llm: nn.Module, count: int) -> list[int]:
-    """Indices of the topmost `count` decoder layers of a transformers LM."""
+def top_layers(llm: nn.Module, count: int | None) -> list[int]:
+    """Indices of the topmost `count` decoder layers of a transformers LM (None: all of them)."""
     total = llm.config.num_hidden_layers
+    if count is None:
+        return list(range(total))
     if not 1 <= count <= total:
         raise ConfigError(f"asked for adapters in the top {count} layers but the model has {total}")
     return list(range(total - count, total))

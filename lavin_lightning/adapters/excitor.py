@@ -56,7 +56,7 @@ class ExcitorConfig:
     recommendations (docs/faithfulness.md gives the reasons).
 
     Args:
-        layers: number of topmost layers with an Excitor block (paper: 30 of 32).
+        layers: number of topmost layers with an Excitor block (paper: 30 of 32); None = all.
         prompt_length: prompts per layer K (paper's literal "L = 30"; LLaMA-Adapter uses 10).
         rank: rank r of the low-rank Excitor query W_q^exc (and of the visual maps).
         gate_init_std: std of the gate's normal init; the paper's "N(0, 1e-2)" read as
@@ -71,7 +71,7 @@ class ExcitorConfig:
         prompt_init_std: std of the prompts' normal init (nn.Embedding's default, 1).
     """
 
-    layers: int = 30
+    layers: int | None = 30
     prompt_length: int = 30
     rank: int = 16
     gate_init_std: float = 0.1
@@ -84,7 +84,7 @@ class ExcitorConfig:
     def __post_init__(self):
         if self.extra_scale not in ("head_dim", "hidden"):
             raise ConfigError(f"ExcitorConfig.extra_scale must be 'head_dim' or 'hidden', got {self.extra_scale!r}")
-        if min(self.layers, self.prompt_length, self.rank, self.excitor_heads) < 1:
+        if min(self.layers or 1, self.prompt_length, self.rank, self.excitor_heads) < 1:
             raise ConfigError(f"ExcitorConfig sizes must be >= 1, got {self}")
 
 

@@ -47,17 +47,17 @@ class LlamaAdapterConfig:
     """LLaMA-Adapter v1 settings (defaults: the release, `alpaca_finetuning_v1`).
 
     Args:
-        layers: number of topmost layers that get prompts (L; 30 of LLaMA-7B's 32).
+        layers: number of topmost layers that get prompts (L; 30 of LLaMA-7B's 32); None = all.
         prompt_length: prompts per layer (K).
         prompt_init_std: std of the prompts' normal init (the release's nn.Embedding: 1).
     """
 
-    layers: int = 30
+    layers: int | None = 30
     prompt_length: int = 10
     prompt_init_std: float = 1.0
 
     def __post_init__(self):
-        if self.layers < 1 or self.prompt_length < 1:
+        if (self.layers is not None and self.layers < 1) or self.prompt_length < 1:
             raise ConfigError(f"LlamaAdapterConfig needs layers >= 1 and prompt_length >= 1, got {self}")
 
 

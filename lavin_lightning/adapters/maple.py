@@ -41,18 +41,19 @@ class MaPLeConfig:
 
     Args:
         prompt_length: n_ctx, prompt tokens per layer in each branch.
-        depth: J, prompts in the first J layers of both the ViT and the Q-Former.
+        depth: J, prompts in the first J layers of both the ViT and the Q-Former; None = every
+            layer of the shallower branch.
         init_std: standard deviation of the prompts' normal init.
     """
 
     prompt_length: int = 2
-    depth: int = 9
+    depth: int | None = 9
     init_std: float = 0.02
 
     def __post_init__(self):
         if self.prompt_length < 1:
             raise ConfigError(f"MaPLe prompt_length (n_ctx) must be >= 1, got {self.prompt_length}")
-        if self.depth < 1:
+        if self.depth is not None and self.depth < 1:
             raise ConfigError(f"MaPLe depth (J) must be >= 1, got {self.depth}")
         if self.init_std < 0:
             raise ConfigError(f"MaPLe init_std must be >= 0, got {self.init_std}")
@@ -62,12 +63,12 @@ class MaPLePrompts(AdapterModule):
     """The shared parameters: language prompts P_i (J, n_ctx, d_qformer) and the couplings
     F_i = Linear(d_qformer -> d_vision), i < J. Its `active` flag drives every wrapper."""
 
-    def __init__(self, text_width: int, vision_width: int, config: MaPLeConfig):
+    def __init__(self, text_width: int, vision_width: int, depth: int, config: MaPLeConfig):
         super().__init__()
-        self.prompt_length, self.depth = config.prompt_length, config.depth
-        self.prompts = nn.Parameter(torch.empty(config.depth, config.prompt_length, text_width))
+        self.prompt_length, self.depth = config.prompt_length, depth
+        self.prompts = nn.Parameter(torch.empty(depth, config.prompt_length, text_width))
         nn.init.normal_(self.prompts, std=config.init_std)
-        self.couplings = nn.ModuleList(nn.Linear(text_width, vision_width) for _ in range(config.depth))
+        self.couplings = nn.ModuleList(nn.Linear(text_width, vision_width) for _ in range(depth))
 
     def language(self, layer: int) -> torch.Tensor:
         """P_layer, (n_ctx, d_qformer)."""
@@ -164,25 +165,26 @@ def inject(model: nn.Module, config: MaPLeConfig) -> Injection:
     vision_layers = backbone.vision_model.encoder.layers
     qformer = backbone.qformer
     qformer_layers = qformer.encoder.layer
-    if config.depth > min(len(vision_layers), len(qformer_layers)):
-        raise ConfigError(f"MaPLe depth {config.depth} exceeds the layers of a branch: the ViT has "
+    depth = config.depth or min(len(vision_layers), len(qformer_layers))
+    if depth > min(len(vision_layers), len(qformer_layers)):
+        raise ConfigError(f"MaPLe depth {depth} exceeds the layers of a branch: the ViT has "
                           f"{len(vision_layers)} layers and the Q-Former {len(qformer_layers)}")
-    targets = [qformer.embeddings, *vision_layers[: config.depth], *qformer_layers[1: config.depth]]
+    targets = [qformer.embeddings, *vision_layers[: depth], *qformer_layers[1: depth]]
     if any(isinstance(t, WRAPPERS) for t in targets):
         raise ConfigError("the InstructBLIP model already carries MaPLe prompts; inject once per model")
     text_width, vision_width = qformer.config.hidden_size, backbone.config.vision_config.hidden_size
-    prompts = MaPLePrompts(text_width, vision_width, config)
+    prompts = MaPLePrompts(text_width, vision_width, depth, config)
     ref = backbone.query_tokens
     if ref.device.type != "meta":
         prompts.to(ref.device)
     attach(model, "maple", prompts)
     num_queries = backbone.config.num_query_tokens
     replace_module(qformer, "embeddings", InsertTextPrompts(qformer.embeddings, prompts))
-    for i in range(config.depth):
+    for i in range(depth):
         vision_layers[i] = VisionPrompts(vision_layers[i], prompts, i)
         if i > 0:
             qformer_layers[i] = ReplaceTextPrompts(qformer_layers[i], prompts, i, num_queries)
     targets = (["backbone.qformer.embeddings"]
-               + [f"backbone.vision_model.encoder.layers.{i}" for i in range(config.depth)]
-               + [f"backbone.qformer.encoder.layer.{i}" for i in range(1, config.depth)])
+               + [f"backbone.vision_model.encoder.layers.{i}" for i in range(depth)]
+               + [f"backbone.qformer.encoder.layer.{i}" for i in range(1, depth)])
     return Injection(targets, [prompts])
