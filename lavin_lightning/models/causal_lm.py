@@ -7,8 +7,8 @@ follow one contract (see `data_modules`): right-padded `input_ids` that start wi
 and `has_image`. The LLM always receives an explicit 4D float mask, so every method runs
 the same attention arithmetic as the base model and "identity at init" can be exact.
 
-`CausalLMModule` is the LightningModule side: tokenizer, adapter export/loading, training
-and validation loss, generation for test (ScienceQA answers) and predict.
+`CausalLMModule` is the LightningModule side: tokenizer, backbones, training and validation
+loss, generated text for test and predict (the task's scoring callback reads the answers).
 """
 
 from __future__ import annotations
