@@ -2,7 +2,7 @@
 
 `AdaptedCausalLM` is the nn.Module side: a frozen LLaMA-family model (plus, for multimodal
 methods, a frozen vision encoder) into which a method has injected its adapters. Batches
-follow one contract (see `data_modules`): right-padded `input_ids` that start with BOS,
+follow one contract (`lavin_lightning.batch`): right-padded `input_ids` that start with BOS,
 `attention_mask`, optional `labels` (-100 where unsupervised, not shifted), `pixel_values`
 and `has_image`. The LLM always receives an explicit 4D float mask, so every method runs
 the same attention arithmetic as the base model and "identity at init" can be exact.
