@@ -90,7 +90,7 @@ def test_ddp_petal_on_easy_vqa(tmp_path):
     pytest.importorskip("easy_vqa")
     import torch
 
-    from data_modules.easy_vqa import build_vqa_from_easy_vqa
+    from data_modules.prepare.easy_vqa import build_vqa_from_easy_vqa
     from data_modules.vqa import VQADataModule
     from lavin_lightning.adapters.petal import PETALConfig
     from lavin_lightning.backbones.instructblip import InstructBLIPSpec

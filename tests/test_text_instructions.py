@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_modules.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
+from data_modules.prepare.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
 from data_modules.scienceqa import ScienceQACollator, ScienceQADataModule, instruction_prompt
 from lavin_lightning.backbones.tiny import byte_tokenizer
 from lavin_lightning.errors import DataError

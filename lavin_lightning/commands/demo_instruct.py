@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning as L
 
 from data_modules.instruct import AlpacaDataModule, PromptsDataModule
-from data_modules.instructions import score_responses, write_instruction_set
+from data_modules.prepare.instructions import score_responses, write_instruction_set
 from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.adapters.excitor import ExcitorConfig
 from lavin_lightning.adapters.llama_adapter import LlamaAdapterConfig

@@ -20,8 +20,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from data_modules.easy_vqa import build_scienceqa_from_easy_vqa
-from data_modules.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
+from data_modules.prepare.easy_vqa import build_scienceqa_from_easy_vqa
+from data_modules.prepare.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
 from data_modules.scienceqa import ScienceQADataModule
 from data_modules.templates import encode_conversation
 from lavin_lightning.adapters.mma import MMAConfig

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import lightning as L
 
-from data_modules.easy_vqa import build_vqa_from_easy_vqa
+from data_modules.prepare.easy_vqa import build_vqa_from_easy_vqa
 from data_modules.vqa import VQADataModule
 from lavin_lightning.adapters.bottleneck import BottleneckConfig
 from lavin_lightning.adapters.core import adapters_disabled
