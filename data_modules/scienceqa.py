@@ -30,8 +30,8 @@ from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, GlobalBatchDataModule
 from data_modules.prompts import parse_prompt_format, scienceqa_prompt
 from data_modules.templates import instruction_prompt
 from lavin_lightning.errors import ConfigError, DataError
+from lavin_lightning.formats.scienceqa import read_problems
 from lavin_lightning.io import read_json
-from lavin_lightning.metrics.scienceqa import load_problems
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
         """Read problems.json, pid_splits.json (and captions.json); idempotent."""
         if self.problems is not None:
             return
-        problems = load_problems(self.data_root)  # the scorer's reader: same checks, same errors
+        problems = read_problems(self.data_root)  # the scorer's reader: same checks, same errors
         splits_path = self.data_root / "pid_splits.json"
         splits = read_json(splits_path, f"the ScienceQA split lists; {_LAYOUT}")
         if not isinstance(splits, dict):
