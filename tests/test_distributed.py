@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from test_learnability import write_colour_problems
+from conftest import write_colour_problems
 
 from data_modules.scienceqa import ScienceQADataModule
 from lavin_lightning.callbacks.export import ExportAdapter

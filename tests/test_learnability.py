@@ -2,41 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import random
-
 import lightning as L
 import pytest
 import torch
-from PIL import Image
+from conftest import write_colour_problems
 
 from data_modules.scienceqa import ScienceQADataModule
-
-COLOURS = {"red": (200, 30, 30), "green": (30, 170, 40), "blue": (30, 50, 210)}
-
-
-def write_colour_problems(root, n_train: int, n_test: int, seed: int = 0) -> None:
-    """ScienceQA layout; the answer depends only on the picture (options in a fixed order)."""
-    rng = random.Random(seed)
-    names = list(COLOURS)
-    problems, splits = {}, {"train": [], "test": []}
-    for i in range(n_train + n_test):
-        pid, split = str(i + 1), "train" if i < n_train else "test"
-        answer = i % len(names)
-        jitter = [rng.randint(-25, 25) for _ in range(3)]
-        colour = tuple(max(0, min(255, c + j)) for c, j in zip(COLOURS[names[answer]], jitter))
-        folder = root / "images" / split / pid
-        folder.mkdir(parents=True)
-        Image.new("RGB", (32, 32), colour).save(folder / "image.png")
-        problems[pid] = {
-            "question": "What colour is the picture?", "choices": names, "answer": answer, "hint": "",
-            "image": "image.png", "task": "closed choice", "grade": "grade3", "subject": "natural science",
-            "topic": "colours", "category": "Colours", "skill": "", "lecture": "", "solution": "", "split": split,
-        }
-        splits[split].append(pid)
-    (root / "problems.json").write_text(json.dumps(problems))
-    splits["val"] = splits["train"][:8]
-    (root / "pid_splits.json").write_text(json.dumps(splits))
 
 
 def letter_predictions(module, batch) -> list[int]:

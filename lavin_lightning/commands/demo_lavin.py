@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from data_modules.batching import collate_sequences, pad_token_id
 from data_modules.prepare.easy_vqa import build_scienceqa_from_easy_vqa
 from data_modules.prepare.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
 from data_modules.scienceqa import ScienceQADataModule
@@ -42,14 +43,9 @@ CATEGORIES = list(PAPER_LABELS.items())
 def text_batch(tokenizer, instructions: list[str]) -> dict:
     """Text-only prompts in the pipeline's own layout (BOS + prompt; no image)."""
     rows = [encode_conversation(tokenizer, "lavin", [(q, None)])[0] for q in instructions]
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return {
-        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
-        "has_image": torch.zeros(len(rows), dtype=torch.bool),
-        "pixel_values": torch.zeros(len(rows), 3, 1, 1),
-    }
+    batch = collate_sequences(rows, None, pad_token_id(tokenizer))
+    batch.update(has_image=torch.zeros(len(rows), dtype=torch.bool), pixel_values=torch.zeros(len(rows), 3, 1, 1))
+    return batch
 
 
 def ask(module: LaVIN, instructions: list[str], max_new_tokens: int = 40, batch_size: int = 32) -> list[str]:

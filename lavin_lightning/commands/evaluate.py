@@ -26,12 +26,14 @@ Choices shared by both:
 * The prediction is the argmax of the summed log-likelihoods; on a tie the **first**
   maximum (lowest choice index) wins, so results are deterministic.
 * Context and continuation are tokenised **separately** (``add_special_tokens=False``) and
-  concatenated after an optional BOS, so the scored tokens are exactly the continuation's own.
-  Trailing whitespace of the context is first moved to the front of the continuation, as
-  lm-evaluation-harness does: a tokenizer would otherwise merge it with the following word in
-  running text, never leave it dangling at the end of the context. (With SentencePiece, a
-  separately tokenised continuation can start with a lone "▁" piece; every candidate of a
-  question then gets the same extra token after the same context, so the argmax is unaffected.)
+  concatenated after an optional BOS by the data modules' encoder
+  (:func:`~data_modules.batching.encode_segments`: the continuation is the answer, with no
+  EOS), so the scored tokens are exactly the continuation's own. Trailing whitespace of the
+  context is first moved to the front of the continuation, as lm-evaluation-harness does: a
+  tokenizer would otherwise merge it with the following word in running text, never leave it
+  dangling at the end of the context. (With SentencePiece, a separately tokenised continuation
+  can start with a lone "▁" piece; every candidate of a question then gets the same extra
+  token after the same context, so the argmax is unaffected.)
 * A row longer than ``max_length`` loses context tokens from the left (BOS kept); the
   continuation is never cut.
 
@@ -55,6 +57,7 @@ from typing import NamedTuple
 
 import torch
 
+from data_modules.batching import collate_sequences, encode_segments, pad_token_id
 from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import ConfigError, DataError
@@ -187,31 +190,36 @@ def truthfulqa_requests(questions: Iterable[MCQuestion], primer: bool = True) ->
 
 class _Row(NamedTuple):
     context: torch.Tensor  # the question's context tokens, shared by its candidates (not copied)
-    start: int  # first context token kept (left cut)
     continuation: tuple[int, ...]
     length: int  # BOS + kept context + continuation
 
 
-class _Encoder:
-    """Tokenises (context, continuation) pairs into rows; continuations are cached (" A" recurs)."""
+class _RowEncoder:
+    """(context, continuation) pairs as scored rows, encoded by the data modules' encoder: the
+    continuation is the answer (no EOS), the context the prompt, cut from the left to fit.
+
+    Rows keep the context tensor shared by a question's candidates; the ids are laid out when a
+    batch is collated. Continuations are cached (" A" recurs).
+    """
 
     def __init__(self, tokenizer, max_length: int | None):
         if max_length is not None and max_length < 1:
             raise ConfigError(f"max_length must be >= 1, got {max_length}")
         self.tokenizer = tokenizer
-        self.bos = _bos(tokenizer)
         self.max_length = max_length
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # Pads are masked and never labelled, so any id works when the tokenizer has neither.
-        self.pad_id = pad if pad is not None else 0
+        self.pad_id = pad_token_id(tokenizer)
         self._continuations: dict[str, tuple[int, ...]] = {}
+
+    def encode(self, context_ids: Sequence[int], continuation: Sequence[int], where: str):
+        return encode_segments([(context_ids, False), (continuation, True)], self.tokenizer.bos_token_id, None,
+                               self.max_length, "cut_prompt", where=where)
 
     def rows(self, context: str, continuations: Sequence[str], where: str) -> list[_Row]:
         """One row per continuation; the context is tokenised once for all of them."""
         stripped = context.rstrip()
         moved = context[len(stripped):]
-        context_ids = torch.tensor(_tokens(self.tokenizer, stripped), dtype=torch.long)
-        n_context = context_ids.numel()
+        context_ids = _tokens(self.tokenizer, stripped)
+        shared = torch.tensor(context_ids, dtype=torch.long)
         rows = []
         for j, continuation in enumerate(continuations):
             if not continuation:
@@ -222,41 +230,19 @@ class _Encoder:
                 ids = self._continuations[text] = tuple(_tokens(self.tokenizer, text))
             if not ids:
                 raise DataError(f"{where}, choice {j}: continuation {continuation!r} tokenises to nothing")
-            start = 0
-            if self.max_length is not None:
-                room = self.max_length - len(self.bos) - len(ids)
-                # The first continuation token needs a predecessor: BOS, or one context token.
-                if room < (0 if self.bos else 1):
-                    raise ConfigError(f"{where}, choice {j}: max_length={self.max_length} leaves no room for "
-                                      f"the {len(ids)}-token continuation and the context before it")
-                start = max(0, n_context - room)
-            if not self.bos and start == n_context:
-                raise DataError(f"{where}, choice {j}: nothing precedes the continuation (empty context and "
-                                "no BOS), so its first token cannot be scored")
-            rows.append(_Row(context_ids, start, ids, len(self.bos) + n_context - start + len(ids)))
+            encoded = self.encode(context_ids, ids, f"{where}, choice {j}")
+            if encoded.labels[0] != IGNORE_INDEX:
+                raise DataError(f"{where}, choice {j}: nothing precedes the continuation (empty context and no BOS), "
+                                "so its first token cannot be scored")
+            rows.append(_Row(shared, ids, len(encoded.input_ids)))
         return rows
 
     def collate(self, rows: Sequence[_Row], pids: list[str]) -> dict:
-        width = max(row.length for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        n_bos = len(self.bos)
-        for b, row in enumerate(rows):
-            continuation_start = row.length - len(row.continuation)
-            input_ids[b, :n_bos] = torch.tensor(self.bos, dtype=torch.long)
-            input_ids[b, n_bos:continuation_start] = row.context[row.start:]
-            continuation = torch.tensor(row.continuation, dtype=torch.long)
-            input_ids[b, continuation_start:row.length] = continuation
-            labels[b, continuation_start:row.length] = continuation
-            attention_mask[b, :row.length] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "has_image": torch.zeros(len(rows), dtype=torch.bool),
-            "pids": pids,
-        }
+        encoded = [self.encode(row.context.tolist(), row.continuation, f"row {pid}") for row, pid in zip(rows, pids)]
+        batch = collate_sequences([e.input_ids for e in encoded], [e.labels for e in encoded], self.pad_id)
+        batch["has_image"] = torch.zeros(len(rows), dtype=torch.bool)
+        batch["pids"] = pids
+        return batch
 
 
 def build_loglik_batch(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | None = None) -> dict:
@@ -272,7 +258,7 @@ def build_loglik_batch(tokenizer, pairs: Sequence[tuple[str, str]], max_length: 
     """
     if not pairs:
         raise ConfigError("build_loglik_batch needs at least one (context, continuation) pair")
-    encoder = _Encoder(tokenizer, max_length)
+    encoder = _RowEncoder(tokenizer, max_length)
     rows = [encoder.rows(context, [continuation], f"pair {i}")[0] for i, (context, continuation) in enumerate(pairs)]
     return encoder.collate(rows, [str(i) for i in range(len(rows))])
 
@@ -281,7 +267,7 @@ def build_loglik_batch(tokenizer, pairs: Sequence[tuple[str, str]], max_length: 
 
 
 def _score_rows(
-    encoder: _Encoder,
+    encoder: _RowEncoder,
     rows: list[_Row],
     score_batch: Callable[[dict], torch.Tensor],
     batch_size: int,
@@ -329,7 +315,7 @@ def evaluate_multiple_choice(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     requests = list(requests)
-    encoder = _Encoder(tokenizer, max_length)
+    encoder = _RowEncoder(tokenizer, max_length)
     rows: list[_Row] = []
     seen: dict[tuple[str, str], int] = {}
     row_index: list[list[int]] = []

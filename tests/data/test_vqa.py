@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules.templates import IGNORE_INDEX
 from data_modules.vqa import VQADataModule
 from lavin_lightning.backbones.tiny import byte_tokenizer
+from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import DataError
 from lavin_lightning.metrics.vqa import score_vqa
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from data_modules import scienceqa
+from data_modules.batching import encode_segments
 from data_modules.instruct import (
     AlpacaDataModule,
     InstructionMixtureDataModule,
@@ -17,7 +18,6 @@ from data_modules.instruct import (
 )
 from data_modules.templates import (
     TEMPLATES,
-    assemble_conversation,
     conversation_segments,
     encode_conversation,
     instruction_prompt,
@@ -350,7 +350,7 @@ def test_long_generation_prompt_is_cut_from_the_left(tmp_path):
     assert TOK.decode(long["input_ids"].tolist()) == "<s>" + "w" * (31 - len("\nResponse:")) + "\nResponse:"
     assert TOK.decode(short["input_ids"].tolist()) == "<s>Instruction: Hi.\nResponse:"
     # Without BOS the last tokens are kept.
-    ids, labels, truncated = assemble_conversation([[5, 6, 7, 8]], [False], None, EOS, 2)
+    ids, labels, truncated, _ = encode_segments([([5, 6, 7, 8], False)], None, EOS, 2)
     assert (ids, labels, truncated) == ([7, 8], None, True)
 
 

@@ -7,15 +7,17 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import REFERENCE_DATA
 from PIL import Image
 
 from data_modules.base import image_transform, split_global_batch
+from data_modules.batching import Collator
 from data_modules.prompts import scienceqa_prompt
-from data_modules.scienceqa import ScienceQACollator, ScienceQADataModule
+from data_modules.scienceqa import ScienceQADataModule
 from lavin_lightning.backbones.tiny import byte_tokenizer
 from lavin_lightning.errors import ConfigError, DataError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "scienceqa"
+REFERENCE = REFERENCE_DATA / "scienceqa"
 PAD, BOS, EOS = 0, 1, 2
 
 
@@ -105,7 +107,7 @@ def test_train_batch_padding_images_and_keys(tmp_path):
     dm = make_dm(make_scienceqa_tree(tmp_path), prompt_format="QCM-ALE")
     dm.setup("fit")
     items = _all_items(dm, "train")
-    batch = ScienceQACollator(PAD)(items)
+    batch = Collator(PAD)(items)
     assert set(batch) == {"input_ids", "attention_mask", "labels", "pixel_values", "has_image", "pids", "n_choices"}
     lengths = [len(i["input_ids"]) for i in items]
     assert len(set(lengths)) > 1  # so that padding is exercised
