@@ -3,6 +3,9 @@
 Configs state the *global* batch size (ARCHITECTURE.md principle 7); the data module
 derives the per-device batch and the gradient accumulation from the trainer's world
 size, so the same YAML gives the same optimisation on 1 CPU or 8 GPUs.
+
+Tokenizers reach a data module only as arguments (``tokenizer``, ``instruction_tokenizer``):
+``lavin-lightning`` hands it the model's, scripts and tests pass them.
 """
 
 from __future__ import annotations
@@ -148,11 +151,11 @@ class SampleDataModule(L.LightningDataModule):
     Args:
         eval_batch_size: per-device batch for val/test/predict.
         num_workers: DataLoader worker processes.
-        tokenizer: the model's tokenizer (Hugging Face); None = ``trainer.lightning_module.tokenizer``
-            at setup.
+        tokenizer: the model's tokenizer (Hugging Face); required by ``setup()``. ``lavin-lightning``
+            passes the model's own.
         instruction_tokenizer: the tokenizer of the model's instruction encoder (InstructBLIP's
-            Q-Former), which then also gets each sample's instruction, tokenised by it; the attached
-            LightningModule's ``instruction_tokenizer`` comes first.
+            Q-Former), which then also gets each sample's instruction, tokenised by it; None for
+            causal-LM models. ``lavin-lightning`` passes the model's own.
         image_size: square image side in pixels (bicubic resize).
         image_mean: per-channel normalisation mean (ImageNet, as the LaVIN release).
         image_std: per-channel normalisation std (ImageNet, as the LaVIN release).
@@ -180,21 +183,12 @@ class SampleDataModule(L.LightningDataModule):
         self.datasets: dict[str, SampleDataset] = {}
 
     def require_tokenizer(self):
-        """The tokenizer, checked; without one, the attached LightningModule's."""
+        """The tokenizer, checked; a ConfigError that says how to give one when there is none."""
         if self.tokenizer is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            self.tokenizer = getattr(module, "tokenizer", None)
-        if self.tokenizer is None:
-            raise ConfigError(f"{type(self).__name__} needs a tokenizer: pass tokenizer=... or attach it to a "
-                              "Trainer whose LightningModule has a `tokenizer` attribute")
+            raise ConfigError(f"{type(self).__name__} needs a tokenizer: pass tokenizer=..., or run through "
+                              "lavin-lightning, which hands the model's tokenizer to the data module")
         eos_token_id(self.tokenizer)
         return self.tokenizer
-
-    def model_instruction_tokenizer(self):
-        """The attached LightningModule's ``instruction_tokenizer`` (None for models without an
-        instruction encoder), else the data module's own."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(module, "instruction_tokenizer", None) or self.instruction_tokenizer
 
     def _dataset(self, role: str) -> SampleDataset:
         if role not in self.datasets:
@@ -328,7 +322,7 @@ class ConversationDataModule(GlobalBatchDataModule):
     def _encode(self, name: str, records: list[InstructRecord], instruction_suffix: str = ""):
         """``encode_records`` with this module's tokenizers and template; the counts are logged."""
         samples, counts = encode_records(records, self.require_tokenizer(), self.template, self.max_seq_len,
-                                         self.model_instruction_tokenizer(), instruction_suffix)
+                                         self.instruction_tokenizer, instruction_suffix)
         log_counts(f"{type(self).__name__} {name}", counts, self.max_seq_len)
         return samples, counts
 

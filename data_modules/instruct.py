@@ -268,7 +268,7 @@ class PromptsDataModule(SampleDataModule):
             for r in records  # image: the resolved path, or None
         }
         samples, counts = encode_records(records, tokenizer, self.template, self.max_seq_len,
-                                         self.model_instruction_tokenizer())
+                                         self.instruction_tokenizer)
         self.report = {"prompts": {"records": len(records), **read.summary()}, "predict": counts}
         log_counts(f"prompts {self.path}", counts, self.max_seq_len)
         self._serve("predict", samples)

@@ -216,10 +216,9 @@ class ScienceQADataModule(GlobalBatchDataModule):
         if not generate and inputs:
             full_ids = tokenizer([i + t for i, t in zip(inputs, targets)], add_special_tokens=False)["input_ids"]
         instruction_ids = [None] * len(inputs)
-        instruction_tokenizer = self.model_instruction_tokenizer()
-        if instruction_tokenizer is not None and inputs:
-            instruction_ids = instruction_tokenizer(inputs, truncation=True,
-                                                    max_length=_INSTRUCTION_MAX_LEN)["input_ids"]
+        if self.instruction_tokenizer is not None and inputs:
+            instruction_ids = self.instruction_tokenizer(inputs, truncation=True,
+                                                         max_length=_INSTRUCTION_MAX_LEN)["input_ids"]
 
         samples, n_truncated, n_prompt_cut = [], 0, 0
         for k, (pid, image_path, n_choices) in enumerate(meta):

@@ -52,7 +52,7 @@ def test_tiny_lavin_learns_from_the_image_and_not_without_it(tmp_path, make_tiny
     L.seed_everything(0, verbose=False)
     module = make_tiny_lavin(seed=0)
     datamodule = ScienceQADataModule(str(tmp_path), prompt_format="QCM-A", global_batch_size=16,
-                                     image_size=32, max_seq_len=200)
+                                     image_size=32, max_seq_len=200, tokenizer=module.tokenizer)
     trainer = L.Trainer(accelerator="cpu", max_steps=150, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)

@@ -117,9 +117,6 @@ def main(argv: list[str] | None = None) -> dict:
     # Mixture-of-modality training also needs general text-only instructions; none ship
     # offline, so their responses are the frozen model's own (self-distillation, below).
     instructions_file = out / "data" / "text_instructions.json"
-    datamodule = ScienceQADataModule(data_root=str(data_root), prompt_format=args.prompt_format, image_size=64,
-                                     global_batch_size=args.batch_size, eval_batch_size=32, max_seq_len=256,
-                                     text_instructions=str(instructions_file))
     module = LaVIN(
         llm=SMOLLM2,
         vision=VisionSpec(kind="clip", config="clip-small-64", cls_every=1),
@@ -127,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
         optim=OptimConfig(lr=args.lr, base_lr=None, warmup_epochs=0.1),
         generation=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.0),
     )
+    datamodule = ScienceQADataModule(data_root=str(data_root), prompt_format=args.prompt_format, image_size=64,
+                                     global_batch_size=args.batch_size, eval_batch_size=32, max_seq_len=256,
+                                     text_instructions=str(instructions_file), tokenizer=module.tokenizer)
     print("loading SmolLM2-135M-Instruct (GGUF, de-quantised to float32) ...")
     module.configure_model()
     counts = module.parameter_counts()

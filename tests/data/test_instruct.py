@@ -212,7 +212,7 @@ def test_global_batch_gives_accumulation(tmp_path):
 
 
 class _Counter(L.LightningModule):
-    """Counts validation steps; the tokenizer is found by the data module at setup."""
+    """Counts validation steps; its tokenizer is handed to the data module."""
 
     def __init__(self):
         super().__init__()
@@ -233,8 +233,9 @@ class _Counter(L.LightningModule):
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 @pytest.mark.parametrize("val_size, val_steps", [(0, 0), (1, 1)])
 def test_validation_runs_only_with_held_out_data(tmp_path, val_size, val_steps):
-    dm = AlpacaDataModule(str(write_json(tmp_path / "alpaca.json", ALPACA)), val_size=val_size, global_batch_size=2)
     model = _Counter()
+    dm = AlpacaDataModule(str(write_json(tmp_path / "alpaca.json", ALPACA)), val_size=val_size, global_batch_size=2,
+                          tokenizer=model.tokenizer)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)

@@ -230,7 +230,7 @@ def test_setup_sets_trainer_accumulation(tmp_path):
 
 
 class _TinyModule(L.LightningModule):
-    """Consumes ScienceQA batches; the data module takes its tokenizer from here."""
+    """Consumes ScienceQA batches; its tokenizer is handed to the data module."""
 
     def __init__(self):
         super().__init__()
@@ -249,9 +249,9 @@ class _TinyModule(L.LightningModule):
 
 def test_fit_uses_module_tokenizer_and_accumulates(tmp_path):
     L.seed_everything(0)
-    dm = ScienceQADataModule(str(make_scienceqa_tree(tmp_path)), global_batch_size=4, micro_batch_size=2,
-                             image_size=16, limit_val=0)
     module = _TinyModule()
+    dm = ScienceQADataModule(str(make_scienceqa_tree(tmp_path)), global_batch_size=4, micro_batch_size=2,
+                             image_size=16, limit_val=0, tokenizer=module.tokenizer)
     trainer = _trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     assert dm.tokenizer is module.tokenizer
