@@ -378,3 +378,16 @@ def test_real_problems_tokenise_and_labels_decode_to_target(tmp_path):
         letter = "ABCDE"[problems[sample.pid]["answer"]]
         supervised = tok.decode([t for t in sample.labels if t != -100])
         assert supervised.startswith(f"The answer is {letter}.") and supervised.endswith("</s>")
+
+
+def test_instruction_tokenizer_gets_each_prompt(tmp_path):
+    """A model with an instruction encoder (InstructBLIP's Q-Former) gets the prompt tokenised by its tokenizer."""
+    instruction_tokenizer = byte_tokenizer()
+    dm = make_dm(make_scienceqa_tree(tmp_path), prompt_format="QCM-A", instruction_tokenizer=instruction_tokenizer)
+    dm.setup("fit")
+    items = _all_items(dm, "train")
+    for item in items:
+        text_in, _ = scienceqa_prompt(dm.problems[item["pid"]], "QCM-A")
+        assert instruction_tokenizer.decode(item["instruction_ids"].tolist()) == text_in[:128]  # at most 128 ids
+    batch = Collator(PAD)(items)
+    assert batch["instruction_input_ids"].shape == batch["instruction_attention_mask"].shape
