@@ -24,13 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lavin_lightning.metrics.captions import (  # noqa: E402
-    ALL_METRICS,
-    load_references,
-    load_results,
-    ptb_tokenize,
-    score_tokenized,
-)
+from lavin_lightning.formats.captions import read_coco_references, read_coco_results  # noqa: E402
+from lavin_lightning.metrics.captions import ALL_METRICS, ptb_tokenize, score_tokenized  # noqa: E402
 
 CAPTIONS = REPO.parent / "shared" / "reference-data" / "captions"
 LABELS = {"Bleu": "BLEU-1..4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr", "ROUGE_1": "ROUGE-1/L F,R"}
@@ -65,8 +60,8 @@ def synthetic(images: int, refs: int, seed: int = 0) -> tuple[dict, dict]:
 
 
 def shared(images: int) -> tuple[dict, dict]:
-    references = load_references(CAPTIONS / "karpathy_test_refs1to4_coco_format.json")
-    results = dict(list(load_results(CAPTIONS / "karpathy_test_candidates_human_ref0.json").items())[:images])
+    references = read_coco_references(CAPTIONS / "karpathy_test_refs1to4_coco_format.json")
+    results = dict(list(read_coco_results(CAPTIONS / "karpathy_test_candidates_human_ref0.json").items())[:images])
     return {i: references[i] for i in results}, results
 
 

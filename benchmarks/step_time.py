@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_modules.batching import encode_segments  # noqa: E402
 from data_modules.templates import encode_conversation  # noqa: E402
 from lavin_lightning.adapters import excitor, llama_adapter, lora, mma  # noqa: E402
 from lavin_lightning.adapters.core import NormThenAdapter, mark_only_adapters_trainable  # noqa: E402
@@ -55,10 +56,11 @@ def strip_adapters(model: torch.nn.Module) -> None:
 def make_batch(tokenizer, batch_size: int, image_size: int) -> dict:
     prompt = "Question: What color is the shape?\nContext: N/A\nOptions: (A) red (B) blue (C) teal (D) gray\nResponse:"
     answer = "The answer is C."
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    ids = bos + tokenizer(prompt + answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    labels = [-100] * (len(bos) + len(prompt_ids)) + ids[len(bos) + len(prompt_ids):]
+    # Prompt and prompt + answer tokenised as the ScienceQA data module does.
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    full = tokenizer(prompt + answer, add_special_tokens=False).input_ids
+    ids, labels, _, _ = encode_segments([(full[:n_prompt], False), (full[n_prompt:], True)], tokenizer.bos_token_id,
+                                        tokenizer.eos_token_id)
     has_image = torch.arange(batch_size) % 2 == 0  # mixed modalities, as in training
     return {
         "input_ids": torch.tensor([ids] * batch_size),
@@ -226,9 +228,9 @@ def petal_variants(llm_spec: LLMSpec, tokenizer) -> dict:
 
 
 def petal_batch(module, batch_size: int) -> dict:
-    from data_modules.instruct import InstructRecord, encode_records
-    from data_modules.scienceqa import ScienceQACollator
-    from data_modules.templates import instruction_suffix
+    from data_modules.batching import Collator
+    from data_modules.templates import encode_records, instruction_suffix
+    from lavin_lightning.formats.instructions import InstructRecord
 
     records = [InstructRecord(str(i), (("Question: What color is the shape? Short answer:", "teal"),), "", None)
                for i in range(batch_size)]
@@ -238,7 +240,7 @@ def petal_batch(module, batch_size: int) -> dict:
     items = [{"pid": s.pid, "input_ids": torch.tensor(s.input_ids), "labels": torch.tensor(s.labels),
               "pixel_values": torch.randn(3, size, size), "has_image": True, "n_choices": 0,
               "instruction_ids": torch.tensor(s.instruction_ids)} for s in samples]
-    return ScienceQACollator(module.tokenizer.pad_token_id)(items)
+    return Collator(module.tokenizer.pad_token_id)(items)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ Reads per split ``aokvqa_v1p0_{split}.json``::
 Every question is validated once in ``setup()`` (a bad one fails, or with ``on_bad_record="skip"``
 is left out and counted in ``report``); batching, tokenising, limits and the k-shot draw are
 :class:`~data_modules.vqa.VQADataModule`'s. ``aokvqa_dataset(role)`` is the list of the
-questions served, for :func:`lavin_lightning.metrics.vqa.score_aokvqa`.
+questions served, for :func:`lavin_lightning.metrics.aokvqa.score_aokvqa`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_modules.instruct import _BadRecord
 from data_modules.textvqa import SingleFileVQADataModule
-from data_modules.vqa import DEFAULT_PROMPT
-from lavin_lightning.errors import DataError
-from lavin_lightning.io import read_json
-
-_AOKVQA = (
-    'expected A-OKVQA\'s format [{"question_id": str, "image_id": int, "question": str, "choices": [str, ...], '
-    '"correct_choice_idx": int (not in test), "direct_answers": [str, ...] (not in test), ...}, ...]'
-)
+from lavin_lightning.formats.vqa import AOKVQA_FORMAT, check_aokvqa_choices, read_aokvqa
 
 
 class AOKVQADataModule(SingleFileVQADataModule):
@@ -46,45 +38,27 @@ class AOKVQADataModule(SingleFileVQADataModule):
         root: folder holding the A-OKVQA json files and the COCO 2017 image folders.
         data_pattern: the json file name under ``root``, formatted with ``split``.
         image_pattern: image path under ``root``, formatted with ``split`` and ``image_id``.
-        prompt: the user turn, formatted with ``question``.
         **kwargs: the other arguments of :class:`~data_modules.vqa.VQADataModule` (``splits``,
-            ``template``, batch sizes, ``limit_*``, ``k_shot``, ``seed``, ``on_bad_record``,
-            ``original_instructions``, ...). on_bad_record="error" stops at the first bad
+            ``prompt`` -- the user turn, formatted with ``question`` --, ``template``, batch sizes,
+            ``limit_*``, ``k_shot``, ``seed``, ``on_bad_record``, ``original_instructions``,
+            ``tokenizer``, ...). on_bad_record="error" stops at the first bad
             question: duplicate question_id, missing or non-string direct answers in train/val,
             non-string choices, a correct_choice_idx that is no choice, missing image, ...
     """
 
     answers_field = "direct_answers"
-    expected = _AOKVQA
+    expected = AOKVQA_FORMAT
 
-    def __init__(
-        self,
-        root: str,
-        data_pattern: str = "aokvqa_v1p0_{split}.json",
-        image_pattern: str = "{split}2017/{image_id:012d}.jpg",
-        prompt: str = DEFAULT_PROMPT,
-        **kwargs: Any,
-    ) -> None:
-        # The answers are in the questions file, so it is the annotations file as well.
-        super().__init__(root, questions_pattern=data_pattern, annotations_pattern=data_pattern,
-                         image_pattern=image_pattern, prompt=prompt, **kwargs)
+    def __init__(self, root: str, data_pattern: str = "aokvqa_v1p0_{split}.json",
+                 image_pattern: str = "{split}2017/{image_id:012d}.jpg", **kwargs: Any) -> None:
+        super().__init__(root, data_pattern, image_pattern=image_pattern, **kwargs)
 
     def _entries(self, path: Path) -> tuple[dict, list]:
-        data = read_json(path, self.expected)
-        if not isinstance(data, list):
-            raise DataError(f"{path}: the top level is a {type(data).__name__}, not a list; {self.expected}")
-        return {}, data
+        return {}, read_aokvqa(path)
 
     def _check(self, raw: dict) -> None:
-        # The choices are only scored, but a bad one would stop the scoring after the whole test run.
-        choices = raw.get("choices")
-        if choices is not None and (not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)):
-            raise _BadRecord("non_string_choice", "choices must be a list of strings")
-        correct = raw.get("correct_choice_idx")
-        if correct is not None and (isinstance(correct, bool) or not isinstance(correct, int)
-                                    or not 0 <= correct < len(choices or [])):
-            raise _BadRecord("bad_choice_idx", f"correct_choice_idx {correct!r} is not the index of a choice")
+        check_aokvqa_choices(raw)
 
     def aokvqa_dataset(self, role: str) -> list[dict]:
-        """The question records served in ``role``, for :func:`~lavin_lightning.metrics.vqa.score_aokvqa`."""
+        """The question records served in ``role``, for :func:`~lavin_lightning.metrics.aokvqa.score_aokvqa`."""
         return list(self.served_questions(role))

@@ -12,19 +12,20 @@ Two templates, selected by name:
 
 A conversation is a list of ``(user, assistant)`` turns. The first user turn renders as
 the template's prompt, later ones as a short continuation; every assistant answer is
-supervised together with the EOS id that follows it. ``encode_conversation`` tokenises
-segment by segment, so a chat history plus a new user turn (assistant None) encodes
-exactly as the prefix of the training sample for the same turns.
+supervised together with the EOS id that follows it. ``encode_conversation`` (one
+conversation) and ``encode_records`` (many, one tokenizer call) tokenise segment by segment,
+so a chat history plus a new user turn (assistant None) encodes exactly as the prefix of the
+training sample for the same turns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from data_modules.batching import Sample, encode_segments, eos_token_id
+from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import ConfigError
-
-# Cross-entropy's default ignore_index; kept here too since scienceqa.py imports this module.
-IGNORE_INDEX = -100
+from lavin_lightning.formats.instructions import InstructRecord
 
 TEMPLATES = ("alpaca", "lavin", "plain")
 
@@ -108,8 +109,8 @@ def conversation_segments(
 
     ``turns`` are ``(user, assistant)`` pairs; only the last assistant may be None (a
     generation prompt, which then ends with the response header). ``input_text`` is the
-    Alpaca "input" of the first turn. EOS ids are not text: :func:`assemble_conversation`
-    adds one after each answer.
+    Alpaca "input" of the first turn. EOS ids are not text:
+    :func:`~data_modules.batching.encode_segments` adds one after each answer.
     """
     check_template(template)
     if not turns:
@@ -133,44 +134,6 @@ def conversation_segments(
     return segments
 
 
-def assemble_conversation(
-    segment_ids: Sequence[Sequence[int]],
-    is_answer: Sequence[bool],
-    bos_id: int | None,
-    eos_id: int,
-    max_seq_len: int,
-) -> tuple[list[int], list[int] | None, bool]:
-    """``(input_ids, labels, truncated)`` from tokenised segments.
-
-    BOS (if any) comes first and every answer is followed by ``eos_id``; labels are -100
-    on BOS and prompts and equal the ids on answers and their EOS (not shifted). A
-    training sample longer than ``max_seq_len`` keeps its beginning, as LLaMA-Adapter
-    does. If the last segment is a prompt, the result is a generation prompt: labels
-    None, and a too-long prompt loses tokens after BOS so that its end survives.
-    """
-    input_ids = [] if bos_id is None else [bos_id]
-    labels = [IGNORE_INDEX] * len(input_ids)
-    for ids, answer in zip(segment_ids, is_answer, strict=True):
-        input_ids += ids
-        labels += ids if answer else [IGNORE_INDEX] * len(ids)
-        if answer:
-            input_ids.append(eos_id)
-            labels.append(eos_id)
-    truncated = len(input_ids) > max_seq_len
-    if is_answer[-1]:
-        return input_ids[:max_seq_len], labels[:max_seq_len], truncated
-    if truncated:
-        head = 0 if bos_id is None else 1
-        input_ids = input_ids[:head] + input_ids[len(input_ids) - (max_seq_len - head):]
-    return input_ids, None, truncated
-
-
-def eos_token_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise ConfigError("the tokenizer has no eos_token_id; instruction targets end with EOS")
-    return tokenizer.eos_token_id
-
-
 def encode_conversation(
     tokenizer,
     template: str,
@@ -178,14 +141,56 @@ def encode_conversation(
     input_text: str = "",
     max_seq_len: int = 512,
 ) -> tuple[list[int], list[int] | None, bool]:
-    """Tokenise a conversation (see :func:`conversation_segments`, :func:`assemble_conversation`).
+    """``(input_ids, labels, truncated)`` of a conversation (see :func:`conversation_segments`).
 
-    Each segment is tokenised on its own without special tokens; with assistant None in
-    the last turn the result is a generation prompt (labels None).
+    Each segment is tokenised on its own without special tokens; BOS comes first and EOS after
+    every answer. A training sample longer than ``max_seq_len`` keeps its beginning, as
+    LLaMA-Adapter does; with assistant None in the last turn the result is a generation prompt
+    (labels None) and a too-long one loses tokens after BOS so that its end survives.
     """
     check_max_seq_len(max_seq_len)
     segments = conversation_segments(template, turns, input_text)
     ids = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
-    return assemble_conversation(
-        ids, [answer for _, answer in segments], tokenizer.bos_token_id, eos_token_id(tokenizer), max_seq_len
-    )
+    encoded = encode_segments(list(zip(ids, [answer for _, answer in segments])), tokenizer.bos_token_id,
+                              eos_token_id(tokenizer), max_seq_len)
+    return encoded.input_ids, encoded.labels, encoded.truncated
+
+
+def encode_records(
+    records: list[InstructRecord],
+    tokenizer,
+    template: str,
+    max_seq_len: int,
+    instruction_tokenizer=None,
+    instruction_suffix: str = "",
+    instruction_max_len: int = 128,
+) -> tuple[list[Sample], dict[str, int]]:
+    """Samples for the records plus ``{"samples", "truncated", "dropped"}`` counts.
+
+    The encoding of :func:`encode_conversation`, with one batched tokenizer call.
+    ``truncated`` counts samples longer than ``max_seq_len``; ``dropped`` those of them with
+    no supervised token left (left out). With an ``instruction_tokenizer`` (a model's
+    instruction encoder, e.g. InstructBLIP's Q-Former) each sample also carries its first user
+    turn plus ``instruction_suffix`` tokenised by it (special tokens included, at most
+    ``instruction_max_len`` ids).
+    """
+    segments = [conversation_segments(template, r.turns, r.input_text) for r in records]
+    texts = [text for parts in segments for text, _ in parts]
+    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    instructions = iter([None] * len(records))
+    if instruction_tokenizer is not None and records:
+        instructions = iter(instruction_tokenizer([r.turns[0][0] + instruction_suffix for r in records],
+                                                  truncation=True, max_length=instruction_max_len)["input_ids"])
+    bos, eos = tokenizer.bos_token_id, eos_token_id(tokenizer)
+    samples, truncated, dropped = [], 0, 0
+    for record, parts in zip(records, segments):
+        input_ids, labels, cut, _ = encode_segments([(next(ids), answer) for _, answer in parts], bos, eos,
+                                                    max_seq_len)
+        instruction_ids = next(instructions)
+        truncated += cut
+        # Only a cut sample can lose all its targets (an uncut one keeps at least EOS).
+        if cut and labels is not None and labels.count(IGNORE_INDEX) == len(labels):
+            dropped += 1
+            continue
+        samples.append(Sample(record.pid, input_ids, labels, record.image, 0, instruction_ids))
+    return samples, {"samples": len(samples), "truncated": truncated, "dropped": dropped}

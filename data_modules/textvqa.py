@@ -13,34 +13,23 @@ Reads per split ``TextVQA_0.5.1_{split}.json``::
 Every question is validated once in ``setup()`` (a bad one fails, or with ``on_bad_record="skip"``
 is left out and counted in ``report``); batching, tokenising, limits and the k-shot draw are
 :class:`~data_modules.vqa.VQADataModule`'s. ``textvqa_data(role)`` is the TextVQA json of the
-questions served, for :func:`lavin_lightning.metrics.vqa.score_textvqa`.
+questions served, for :func:`lavin_lightning.metrics.textvqa.score_textvqa`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from data_modules.instruct import InstructRecord, ReadReport, _BadRecord, _log
-from data_modules.vqa import LABELLED, VQADataModule, _is_id
-from lavin_lightning.errors import ConfigError, DataError
-from lavin_lightning.io import read_json
+from data_modules.base import LABELLED, check_format
+from data_modules.vqa import VQADataModule
+from lavin_lightning.errors import ConfigError
+from lavin_lightning.formats.instructions import InstructRecord
+from lavin_lightning.formats.records import ReadReport
+from lavin_lightning.formats.vqa import TEXTVQA_FORMAT, answers_target, check_question, question_where, read_textvqa
 
 # split -> image folder: TextVQA's val images ship in the train archive. TextCaps uses the same images.
 DEFAULT_IMAGE_FOLDERS = {"train": "train_images", "val": "train_images", "test": "test_images"}
-
-_TEXTVQA = (
-    'expected TextVQA\'s format {"data": [{"question_id": int, "image_id": str, "question": str, '
-    '"answers": [str, ...] (not in test)}, ...]}'
-)
-
-
-def most_frequent(answers: list[str]) -> str:
-    """The most frequent answer; ties go to the one seen first."""
-    # most_common is stable, so equal counts keep their first-seen order.
-    return Counter(answers).most_common(1)[0][0]
 
 
 class SingleFileVQADataModule(VQADataModule):
@@ -58,68 +47,37 @@ class SingleFileVQADataModule(VQADataModule):
     answers_field = "answers"
     expected = ""  # the format, quoted in bad-record messages
 
+    def __init__(self, root: str, data_pattern: str, **kwargs: Any) -> None:
+        # The answers are in the questions file, so it is the annotations file as well.
+        super().__init__(root, questions_pattern=data_pattern, annotations_pattern=data_pattern, **kwargs)
+
     def _entries(self, path: Path) -> tuple[dict, list]:
         """The file's other top-level fields and its list of question records."""
         raise NotImplementedError(f"{type(self).__name__} must implement _entries()")
 
     def _check(self, raw: dict) -> None:
-        """Checks of one question record particular to the format; raise ``_BadRecord``."""
-
-    def _target(self, raw: dict, labelled: bool) -> str | None:
-        """The most frequent answer; None for a question without answers outside train/val."""
-        field = self.answers_field
-        answers = raw.get(field)
-        if answers is None:
-            if labelled:
-                raise _BadRecord("no_answers", f"field {field!r} is missing (train and val questions need answers)")
-            return None
-        if not isinstance(answers, list) or not answers:
-            raise _BadRecord("no_answers", f"field {field!r} is empty or not a list")
-        for i, answer in enumerate(answers):
-            if not isinstance(answer, str):
-                raise _BadRecord("non_string_answer", f"{field}[{i}] is a {type(answer).__name__}, expected a string")
-        target = most_frequent(answers)
-        if not target.strip():
-            raise _BadRecord("empty_answer", "the target answer is empty")
-        return target
+        """Checks of one question record particular to the format; raise ``BadRecord``."""
 
     def _read(self, role: str) -> tuple[list[InstructRecord], list[dict], None, dict, None]:
         """Valid records of a role plus the question records behind them (VQADataModule's layout,
         with the file's other top-level fields in place of the questions document)."""
-        split, report = self._split(role), ReadReport(self.on_bad_record)
-        path = self.questions_file(role)
+        report, path = ReadReport(self.on_bad_record), self.questions_file(role)
         header, entries = self._entries(path)
-        labelled = role in LABELLED
         seen: set[str] = set()  # str(question_id), the pid; the first of a repeated id is kept
 
         def question(raw: Any, position: int) -> tuple[InstructRecord, dict]:
-            if not isinstance(raw, dict) or not _is_id(raw.get("question_id")):
-                raise _BadRecord("bad_question", f"question #{position} is not an object with a question_id")
-            qid = raw["question_id"]
-            if str(qid) in seen:
-                raise _BadRecord("duplicate_question_id", f"question_id {qid!r} appears more than once")
-            seen.add(str(qid))
-            if not isinstance(raw.get("question"), str) or not raw["question"].strip():
-                raise _BadRecord("bad_question", "field 'question' is missing or empty")
-            if not _is_id(raw.get("image_id")):
-                raise _BadRecord("bad_image_id", f"image_id is {raw.get('image_id')!r}")
-            target = self._target(raw, labelled)
+            check_question(raw, position, seen)
+            target = answers_target(raw, self.answers_field, role in LABELLED)
             self._check(raw)
-            image = self._existing_image(split, raw["image_id"])
-            user = self.prompt.format(question=raw["question"].strip())
-            return InstructRecord(str(qid), ((user, target if labelled else None),), "", image), raw
+            return self._record(role, raw, target), raw
 
         records, used = [], []
         for position, raw in enumerate(entries):
-            qid = raw.get("question_id") if isinstance(raw, dict) else None
-            kept = report.screen(f"{path}: question_id {qid!r}", self.expected, question, raw, position)
+            kept = report.screen(question_where(path, raw), self.expected, question, raw, position)
             if kept is not None:
                 records.append(kept[0])
                 used.append(kept[1])
-        self.report[role] = {"questions": len(entries), "skipped": dict(report.skipped)}
-        if report.skipped:
-            _log(logging.WARNING, "%s %s: kept %d questions, skipped %d bad ones (on_bad_record='skip'): %s",
-                 role, path, len(records), sum(report.skipped.values()), dict(report.skipped))
+        self._finish_read(role, path, len(entries), len(records), report)
         return records, used, None, header, None
 
     def served_questions(self, role: str) -> list[dict]:
@@ -152,29 +110,18 @@ class TextVQADataModule(SingleFileVQADataModule):
             train/val, missing image, ...
     """
 
-    expected = _TEXTVQA
+    expected = TEXTVQA_FORMAT
 
-    def __init__(
-        self,
-        root: str,
-        data_pattern: str = "TextVQA_0.5.1_{split}.json",
-        image_pattern: str = "{folder}/{image_id}.jpg",
-        image_folders: dict[str, str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        try:  # fail at construction on a pattern with unknown fields
-            image_pattern.format(folder="x", split="x", image_id=1)
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"bad image_pattern ({e!r}): it may use {{folder}}, {{split}} and {{image_id}}") from None
-        # The answers are in the questions file, so it is the annotations file as well.
-        super().__init__(root, questions_pattern=data_pattern, annotations_pattern=data_pattern, **kwargs)
-        self.image_pattern = image_pattern  # unlike VQADataModule's, also formatted with the folder
+    def __init__(self, root: str, data_pattern: str = "TextVQA_0.5.1_{split}.json",
+                 image_pattern: str = "{folder}/{image_id}.jpg", image_folders: dict[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(root, data_pattern, **kwargs)
+        # Unlike VQADataModule's, also formatted with the image folder.
+        self.image_pattern = check_format("image_pattern", image_pattern, folder="x", split="x", image_id=1)
         self.image_folders = dict(DEFAULT_IMAGE_FOLDERS if image_folders is None else image_folders)
 
     def _entries(self, path: Path) -> tuple[dict, list]:
-        doc = read_json(path, self.expected)
-        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-            raise DataError(f'{path}: no "data" list; {self.expected}')
+        doc = read_textvqa(path)
         return {k: v for k, v in doc.items() if k != "data"}, doc["data"]
 
     def _image_file(self, split: str, image_id: Any) -> Path:
@@ -183,7 +130,7 @@ class TextVQADataModule(SingleFileVQADataModule):
 
     def textvqa_data(self, role: str) -> dict:
         """The TextVQA json (``{"dataset_type", ..., "data": [...]}``) of the questions served in
-        ``role``, for :func:`~lavin_lightning.metrics.vqa.score_textvqa`."""
+        ``role``, for :func:`~lavin_lightning.metrics.textvqa.score_textvqa`."""
         served = self.served_questions(role)
         header = {k: v for k, v in self.questions[role].items() if k != "questions"}
         return {**header, "data": served}

@@ -34,7 +34,8 @@ def test_lavin_fits_and_scores_captions(tmp_path, make_tiny_lavin):
     module = make_tiny_lavin()
     module.generation.max_new_tokens = 6
     module.generation.temperature = 0.0
-    datamodule = CaptionDataModule(str(karpathy), str(tmp_path), global_batch_size=2, image_size=32, max_seq_len=128)
+    datamodule = CaptionDataModule(str(karpathy), str(tmp_path), global_batch_size=2, image_size=32, max_seq_len=128,
+                                   tokenizer=module.tokenizer)
     evaluation = CaptionEvaluation(output_dir=str(tmp_path / "scores"), metrics=["Bleu", "CIDEr", "ROUGE_1"])
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[evaluation])

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def easy_vqa_root(tmp_path_factory):
     pytest.importorskip("easy_vqa")
-    from data_modules.easy_vqa import build_scienceqa_from_easy_vqa
+    from data_modules.prepare.easy_vqa import build_scienceqa_from_easy_vqa
 
     return build_scienceqa_from_easy_vqa(tmp_path_factory.mktemp("data") / "sqa", n_train=48, n_val=8, n_test=12)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from test_learnability import write_colour_problems
+from conftest import write_colour_problems
 
 from data_modules.scienceqa import ScienceQADataModule
 from lavin_lightning.callbacks.export import ExportAdapter
@@ -23,7 +23,7 @@ def test_ddp_fit_and_test_on_two_cpu_processes(tmp_path, make_tiny_lavin):
     module = make_tiny_lavin(seed=0)
     module.generation.max_new_tokens = 4
     datamodule = ScienceQADataModule(str(data), prompt_format="QCM-A", global_batch_size=8,
-                                     micro_batch_size=2, image_size=32, max_seq_len=200)
+                                     micro_batch_size=2, image_size=32, max_seq_len=200, tokenizer=module.tokenizer)
     evaluation = ScienceQAEvaluation(output_dir=str(tmp_path / "scores"))
 
     class RecordBatching(L.Callback):  # runs in the worker processes
@@ -75,7 +75,8 @@ def test_ddp_with_text_only_batches_on_a_multimodal_model(tmp_path):
                         enable_model_summary=False, default_root_dir=tmp_path, callbacks=[ExportAdapter()])
     module.configure_model()  # in this process too: the initial values to compare with
     initial = {k.removeprefix("model."): p.detach().clone() for k, p in module._trainable.items()}
-    trainer.fit(module, datamodule=AlpacaDataModule(str(data), global_batch_size=4, max_seq_len=300))
+    trainer.fit(module, datamodule=AlpacaDataModule(str(data), global_batch_size=4, max_seq_len=300,
+                                                    tokenizer=module.tokenizer))
     trained = load_file(tmp_path / "adapter" / "adapter.safetensors")  # written by rank 0 after training
     prompt = "llm.model.layers.1.self_attn.k_proj.excitor.prompt"
     visual_up = "llm.model.layers.1.self_attn.k_proj.excitor.visual_key.up.weight"
@@ -90,7 +91,7 @@ def test_ddp_petal_on_easy_vqa(tmp_path):
     pytest.importorskip("easy_vqa")
     import torch
 
-    from data_modules.easy_vqa import build_vqa_from_easy_vqa
+    from data_modules.prepare.easy_vqa import build_vqa_from_easy_vqa
     from data_modules.vqa import VQADataModule
     from lavin_lightning.adapters.petal import PETALConfig
     from lavin_lightning.backbones.instructblip import InstructBLIPSpec
@@ -105,7 +106,8 @@ def test_ddp_petal_on_easy_vqa(tmp_path):
                    optim=OptimConfig(lr=1e-2, base_lr=None, warmup_epochs=0.0),
                    generation=BeamSearchConfig(num_beams=2, max_new_tokens=3))
     datamodule = VQADataModule(str(data), template="plain", original_instructions="vqa", image_size=32,
-                               global_batch_size=8, micro_batch_size=2, splits={"train": "train", "test": "test"})
+                               global_batch_size=8, micro_batch_size=2, splits={"train": "train", "test": "test"},
+                               tokenizer=module.tokenizer, instruction_tokenizer=module.instruction_tokenizer)
     evaluation = VQAEvaluation(output_dir=str(tmp_path / "scores"))
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork_find_unused_parameters_true", max_steps=2,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,

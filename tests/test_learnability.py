@@ -2,41 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import random
-
 import lightning as L
 import pytest
 import torch
-from PIL import Image
+from conftest import write_colour_problems
 
 from data_modules.scienceqa import ScienceQADataModule
-
-COLOURS = {"red": (200, 30, 30), "green": (30, 170, 40), "blue": (30, 50, 210)}
-
-
-def write_colour_problems(root, n_train: int, n_test: int, seed: int = 0) -> None:
-    """ScienceQA layout; the answer depends only on the picture (options in a fixed order)."""
-    rng = random.Random(seed)
-    names = list(COLOURS)
-    problems, splits = {}, {"train": [], "test": []}
-    for i in range(n_train + n_test):
-        pid, split = str(i + 1), "train" if i < n_train else "test"
-        answer = i % len(names)
-        jitter = [rng.randint(-25, 25) for _ in range(3)]
-        colour = tuple(max(0, min(255, c + j)) for c, j in zip(COLOURS[names[answer]], jitter))
-        folder = root / "images" / split / pid
-        folder.mkdir(parents=True)
-        Image.new("RGB", (32, 32), colour).save(folder / "image.png")
-        problems[pid] = {
-            "question": "What colour is the picture?", "choices": names, "answer": answer, "hint": "",
-            "image": "image.png", "task": "closed choice", "grade": "grade3", "subject": "natural science",
-            "topic": "colours", "category": "Colours", "skill": "", "lecture": "", "solution": "", "split": split,
-        }
-        splits[split].append(pid)
-    (root / "problems.json").write_text(json.dumps(problems))
-    splits["val"] = splits["train"][:8]
-    (root / "pid_splits.json").write_text(json.dumps(splits))
 
 
 def letter_predictions(module, batch) -> list[int]:
@@ -81,7 +52,7 @@ def test_tiny_lavin_learns_from_the_image_and_not_without_it(tmp_path, make_tiny
     L.seed_everything(0, verbose=False)
     module = make_tiny_lavin(seed=0)
     datamodule = ScienceQADataModule(str(tmp_path), prompt_format="QCM-A", global_batch_size=16,
-                                     image_size=32, max_seq_len=200)
+                                     image_size=32, max_seq_len=200, tokenizer=module.tokenizer)
     trainer = L.Trainer(accelerator="cpu", max_steps=150, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)

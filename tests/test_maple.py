@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_modules.instruct import InstructRecord, encode_records
-from data_modules.scienceqa import ScienceQACollator
+from data_modules.batching import Collator
+from data_modules.templates import encode_records
 from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.adapters.maple import InsertTextPrompts, MaPLeConfig, ReplaceTextPrompts, VisionPrompts
 from lavin_lightning.backbones.instructblip import InstructBLIPSpec, load_instructblip
 from lavin_lightning.checkpoint import load_adapter, save_adapter
 from lavin_lightning.errors import ConfigError
+from lavin_lightning.formats.instructions import InstructRecord
 from lavin_lightning.models.instructblip import AdaptedInstructBLIP, BeamSearchConfig
 from lavin_lightning.models.maple import MaPLe
 
@@ -43,7 +44,7 @@ def make_batch(module, answers=("red", "blue green"), seed: int = 1) -> tuple[li
               "labels": None if s.labels is None else torch.tensor(s.labels),
               "pixel_values": torch.randn(3, 32, 32, generator=generator), "has_image": True, "n_choices": 0,
               "instruction_ids": torch.tensor(s.instruction_ids)} for s in samples]
-    return items, ScienceQACollator(tok.pad_token_id)(items)
+    return items, Collator(tok.pad_token_id)(items)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -163,7 +164,7 @@ def test_generation_runs_and_batching_does_not_change_it(config, num_beams):
     assert not bool(batch["instruction_attention_mask"].all())  # the instructions are padded
     texts = module.generate_text(batch, settings)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    collate = ScienceQACollator(module.tokenizer.pad_token_id)
+    collate = Collator(module.tokenizer.pad_token_id)
     single = [module.generate_text(collate([item]), settings)[0] for item in items]
     assert texts == single
     # What the LM reads does not depend on the batch either (padded instructions, prompts).

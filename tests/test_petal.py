@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from data_modules.instruct import InstructRecord, encode_records
-from data_modules.scienceqa import ScienceQACollator
+from data_modules.batching import Collator
+from data_modules.templates import encode_records
 from lavin_lightning.adapters.bottleneck import BottleneckConfig
 from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.adapters.lora import LoRAConfig
@@ -16,6 +16,7 @@ from lavin_lightning.adapters.petal import InstructionExperts, ModeDelta, ModeFa
 from lavin_lightning.backbones.instructblip import InstructBLIPSpec
 from lavin_lightning.checkpoint import load_adapter, save_adapter
 from lavin_lightning.errors import CheckpointError, ConfigError
+from lavin_lightning.formats.instructions import InstructRecord
 from lavin_lightning.models.base import OptimConfig
 from lavin_lightning.models.instructblip import BeamSearchConfig
 from lavin_lightning.models.petal import PETAL
@@ -55,7 +56,7 @@ def batch_for(module, labelled: bool = True, rows=QUESTIONS, seed: int = 0):
               "labels": None if s.labels is None else torch.tensor(s.labels),
               "pixel_values": torch.randn(3, 32, 32, generator=generator), "has_image": True, "n_choices": 0,
               "instruction_ids": torch.tensor(s.instruction_ids)} for s in samples]
-    return ScienceQACollator(module.tokenizer.pad_token_id)(items)
+    return Collator(module.tokenizer.pad_token_id)(items)
 
 
 # --------------------------------------------------------------------------- parameter counts

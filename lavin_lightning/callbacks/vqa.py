@@ -3,10 +3,10 @@
 Collects the generated texts of `test_step`, gathers them across processes, turns each
 into an answer (its first line, stripped) and scores the answers against the data module's
 ground truth: `VQAEvaluation` (VQAv2, OK-VQA) with `metrics.vqa.score_vqa`,
-`TextVQAEvaluation` with `score_textvqa`, `AOKVQAEvaluation` with `score_aokvqa`. Each
-writes `results.json` (the format the matching `lavin-lightning score` command reads) and
-`metrics.json`, and logs the accuracies and a table of questions, references, outputs and
-image thumbnails (W&B).
+`TextVQAEvaluation` with `metrics.textvqa.score_textvqa`, `AOKVQAEvaluation` with
+`metrics.aokvqa.score_aokvqa`. Each writes `results.json` (the format the matching
+`lavin-lightning score` command reads) and `metrics.json`, and logs the accuracies and a
+table of questions, references, outputs and image thumbnails (W&B).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from collections.abc import Iterable
 from lavin_lightning.callbacks.predictions import TestScoring
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import write_json
-from lavin_lightning.metrics.vqa import normalize_vqa_answer, score_aokvqa, score_textvqa, score_vqa
+from lavin_lightning.metrics.aokvqa import score_aokvqa
+from lavin_lightning.metrics.textvqa import score_textvqa
+from lavin_lightning.metrics.vqa import normalize_vqa_answer, score_vqa
 
 log = logging.getLogger(__name__)
 

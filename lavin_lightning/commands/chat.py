@@ -19,6 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, image_transform
+from data_modules.batching import collate_sequences, pad_token_id
 from data_modules.templates import TEMPLATES, encode_conversation
 from lavin_lightning.config import build_module, load_configs
 from lavin_lightning.errors import ConfigError, DataError
@@ -60,11 +61,11 @@ class ChatSession:
         ids, _, _ = encode_conversation(tokenizer, self.template, [*self.history, (user, None)],
                                         max_seq_len=self.max_seq_len)
         has_image = self.pixels is not None
-        pixels = self.pixels[None] if has_image else torch.zeros(1, 3, 1, 1)
+        batch = collate_sequences([ids], None, pad_token_id(tokenizer))
+        batch.update(pixel_values=self.pixels[None] if has_image else torch.zeros(1, 3, 1, 1),
+                     has_image=torch.tensor([has_image]))
         device = self.module.device
-        return {"input_ids": torch.tensor([ids], device=device), "attention_mask": torch.ones(1, len(ids),
-                device=device, dtype=torch.long), "pixel_values": pixels.to(device),
-                "has_image": torch.tensor([has_image], device=device), "pids": ["chat"]}
+        return {**{key: value.to(device) for key, value in batch.items()}, "pids": ["chat"]}
 
     def respond(self, user: str, on_text: Callable[[str], None] | None = None) -> str:
         """Generate the reply to `user`, calling `on_text` with each new piece of text."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import lightning as L
 
 from data_modules.instruct import AlpacaDataModule, PromptsDataModule
-from data_modules.instructions import score_responses, write_instruction_set
+from data_modules.prepare.instructions import score_responses, write_instruction_set
 from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.adapters.excitor import ExcitorConfig
 from lavin_lightning.adapters.llama_adapter import LlamaAdapterConfig
@@ -62,7 +62,8 @@ def respond(module, prompts: Path, out: Path, logger) -> dict[str, str]:
     writer = WritePredictions(output_dir=str(out))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, callbacks=[writer], default_root_dir=out,
                         enable_model_summary=False, enable_progress_bar=False)
-    trainer.predict(module, datamodule=PromptsDataModule(str(prompts), template="alpaca", eval_batch_size=25))
+    trainer.predict(module, datamodule=PromptsDataModule(str(prompts), template="alpaca", eval_batch_size=25,
+                                                         tokenizer=module.tokenizer))
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     return {row["id"]: row["response"].strip() for row in rows}
 
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"training {args.steps} steps of {args.batch_size} instructions ...")
     module.train()
     trainer.fit(module, datamodule=AlpacaDataModule(str(data / "train.json"), template="alpaca",
-                                                    global_batch_size=args.batch_size, max_seq_len=256))
+                                                    global_batch_size=args.batch_size, max_seq_len=256,
+                                                    tokenizer=module.tokenizer))
     after = respond(module, data / "held_out.jsonl", out / "after", logger)
     save_adapter(module, out / "adapter")
 

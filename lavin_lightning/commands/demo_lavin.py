@@ -20,8 +20,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from data_modules.easy_vqa import build_scienceqa_from_easy_vqa
-from data_modules.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
+from data_modules.batching import collate_sequences, pad_token_id
+from data_modules.prepare.easy_vqa import build_scienceqa_from_easy_vqa
+from data_modules.prepare.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
 from data_modules.scienceqa import ScienceQADataModule
 from data_modules.templates import encode_conversation
 from lavin_lightning.adapters.mma import MMAConfig
@@ -43,14 +44,9 @@ CATEGORIES = list(PAPER_LABELS.items())
 def text_batch(tokenizer, instructions: list[str]) -> dict:
     """Text-only prompts in the pipeline's own layout (BOS + prompt; no image)."""
     rows = [encode_conversation(tokenizer, "lavin", [(q, None)])[0] for q in instructions]
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return {
-        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
-        "has_image": torch.zeros(len(rows), dtype=torch.bool),
-        "pixel_values": torch.zeros(len(rows), 3, 1, 1),
-    }
+    batch = collate_sequences(rows, None, pad_token_id(tokenizer))
+    batch.update(has_image=torch.zeros(len(rows), dtype=torch.bool), pixel_values=torch.zeros(len(rows), 3, 1, 1))
+    return batch
 
 
 def ask(module: LaVIN, instructions: list[str], max_new_tokens: int = 40, batch_size: int = 32) -> list[str]:
@@ -122,9 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
     # Mixture-of-modality training also needs general text-only instructions; none ship
     # offline, so their responses are the frozen model's own (self-distillation, below).
     instructions_file = out / "data" / "text_instructions.json"
-    datamodule = ScienceQADataModule(data_root=str(data_root), prompt_format=args.prompt_format, image_size=64,
-                                     global_batch_size=args.batch_size, eval_batch_size=32, max_seq_len=256,
-                                     text_instructions=str(instructions_file))
     module = LaVIN(
         llm=SMOLLM2,
         vision=VisionSpec(kind="clip", config="clip-small-64", cls_every=1),
@@ -132,6 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
         optim=OptimConfig(lr=args.lr, base_lr=None, warmup_epochs=0.1),
         generation=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.0),
     )
+    datamodule = ScienceQADataModule(data_root=str(data_root), prompt_format=args.prompt_format, image_size=64,
+                                     global_batch_size=args.batch_size, eval_batch_size=32, max_seq_len=256,
+                                     text_instructions=str(instructions_file), tokenizer=module.tokenizer)
     print("loading SmolLM2-135M-Instruct (GGUF, de-quantised to float32) ...")
     module.configure_model()
     counts = module.parameter_counts()

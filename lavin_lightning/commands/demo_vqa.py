@@ -31,7 +31,7 @@ from pathlib import Path
 
 import lightning as L
 
-from data_modules.easy_vqa import build_vqa_from_easy_vqa
+from data_modules.prepare.easy_vqa import build_vqa_from_easy_vqa
 from data_modules.vqa import VQADataModule
 from lavin_lightning.adapters.bottleneck import BottleneckConfig
 from lavin_lightning.adapters.core import adapters_disabled
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.method}: {counts['trainable']:,} trainable of {counts['total']:,} parameters")
     datamodule = VQADataModule(str(data), template="plain", original_instructions="vqa", image_size=64,
                                image_mean=CLIP_MEAN, image_std=CLIP_STD, global_batch_size=args.batch_size,
-                               eval_batch_size=50, max_seq_len=64, seed=args.seed)
+                               eval_batch_size=50, max_seq_len=64, seed=args.seed, tokenizer=module.tokenizer,
+                               instruction_tokenizer=module.instruction_tokenizer)
     logger = WandbLogger(project="lavin-lightning", name=f"demo-vqa-{args.method}", save_dir=str(out))
     logger.log_hyperparams({"method": args.method, "trainable_params": counts["trainable"], "steps": args.steps,
                             "lr": args.lr, "global_batch_size": args.batch_size})

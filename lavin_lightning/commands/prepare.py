@@ -5,9 +5,9 @@ from __future__ import annotations
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "easy-vqa":
-        from data_modules.easy_vqa import main as prepare
+        from data_modules.prepare.easy_vqa import main as prepare
     elif argv and argv[0] == "instructions":
-        from data_modules.instructions import main as prepare
+        from data_modules.prepare.instructions import main as prepare
     else:
         raise SystemExit("usage: lavin-lightning prepare easy-vqa|instructions --out DIR [options]\n"
                          "  easy-vqa       the easy-VQA data set in the ScienceQA layout (or --layout vqa)\n"

@@ -66,16 +66,18 @@ def main(argv: list[str]) -> None:
         from lavin_lightning.metrics.captions import score_caption_files
 
         scores = score_caption_files(args.references, args.results, output=args.output)
-    else:
-        from lavin_lightning.metrics import vqa as vqa_metrics
+    elif args.task == "vqa":
+        from lavin_lightning.metrics.vqa import score_vqa_files
 
-        if args.task == "vqa":
-            scores = vqa_metrics.score_vqa_files(args.questions, args.annotations, args.results, mode=args.mode,
-                                                 output=args.output)
-        elif args.task == "textvqa":
-            scores = vqa_metrics.score_textvqa_files(args.data, args.results, output=args.output)
-        else:
-            scores = vqa_metrics.score_aokvqa_files(args.dataset, args.predictions, output=args.output)
+        scores = score_vqa_files(args.questions, args.annotations, args.results, mode=args.mode, output=args.output)
+    elif args.task == "textvqa":
+        from lavin_lightning.metrics.textvqa import score_textvqa_files
+
+        scores = score_textvqa_files(args.data, args.results, output=args.output)
+    else:
+        from lavin_lightning.metrics.aokvqa import score_aokvqa_files
+
+        scores = score_aokvqa_files(args.dataset, args.predictions, output=args.output)
     if args.json:
         print(json.dumps({k: v for k, v in scores.items() if k != "evalQA"}, indent=2))
         return

@@ -44,13 +44,12 @@ from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 
 from lavin_lightning.errors import ConfigError, DataError
-from lavin_lightning.io import read_json, write_json
+from lavin_lightning.formats.captions import read_coco_references, read_coco_results
+from lavin_lightning.io import write_json
 
 __all__ = [
     "ALL_METRICS",
     "OUTPUT_KEYS",
-    "load_references",
-    "load_results",
     "ptb_tokenize",
     "rouge_l_scores",
     "rouge_n_scores",
@@ -78,12 +77,6 @@ _JAVA_HELP = (
 
 # Characters Java's PTBLexer ends a line on, beyond the "\n" pycocoevalcap already replaces.
 _JAVA_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\u2028\u2029"})
-
-_REFERENCES_LAYOUT = (
-    'COCO caption annotations {"images": [...] (optional), '
-    '"annotations": [{"image_id", "id", "caption"}, ...]}'
-)
-_RESULTS_LAYOUT = 'COCO caption results [{"image_id", "caption"}, ...]'
 
 
 # --------------------------------------------------------------------------- ROUGE (pure)
@@ -359,95 +352,21 @@ def score_captions(
 # --------------------------------------------------------------------------- files
 
 
-def _image_id(value: object, path: Path, where: str) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise DataError(f"{path}: {where} has image_id {value!r}; expected an integer or a string")
-    return value
-
-
-def _captioned(entry: object, path: Path, where: str, layout: str) -> tuple[int | str, str]:
-    """(image_id, caption) of one annotation or result entry, checked."""
-    if not isinstance(entry, dict) or "image_id" not in entry:
-        raise DataError(f'{path}: {where} has no "image_id"; expected {layout}')
-    image_id = _image_id(entry["image_id"], path, where)
-    caption = entry.get("caption")
-    if not isinstance(caption, str):
-        kind = "no" if "caption" not in entry else f"a {type(caption).__name__}"
-        raise DataError(f"{path}: {where} (image id {image_id!r}) has {kind} caption; expected a string")
-    return image_id, caption
-
-
-def load_references(path: str | os.PathLike) -> dict[int | str, list[str]]:
-    """``{image_id: [caption, ...]}`` from a COCO caption annotation file.
-
-    The ``images`` list is optional; when present it orders the images (as ``COCO.getImgIds``
-    does), and images it lacks follow in order of first annotation.
-    """
-    path = Path(path)
-    data = read_json(path, _REFERENCES_LAYOUT)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise DataError(f'{path}: no "annotations" list; expected {_REFERENCES_LAYOUT}')
-    if not data["annotations"]:
-        raise DataError(f'{path}: the "annotations" list is empty; expected reference captions')
-    by_image: dict[int | str, list[str]] = {}
-    for index, ann in enumerate(data["annotations"]):
-        image_id, caption = _captioned(ann, path, f"annotation {index}", _REFERENCES_LAYOUT)
-        by_image.setdefault(image_id, []).append(caption)
-
-    images = data.get("images")
-    if images is None:
-        return by_image
-    if not isinstance(images, list):
-        raise DataError(f'{path}: "images" is a {type(images).__name__}; expected a list of {{"id", ...}}')
-    ordered: dict[int | str, list[str]] = {}
-    for index, image in enumerate(images):
-        if not isinstance(image, dict) or "id" not in image:
-            raise DataError(f'{path}: images entry {index} has no "id"')
-        image_id = _image_id(image["id"], path, f"images entry {index}")
-        if image_id in by_image:
-            ordered[image_id] = by_image[image_id]
-    for image_id, captions in by_image.items():
-        ordered.setdefault(image_id, captions)
-    return ordered
-
-
-def load_results(path: str | os.PathLike) -> dict[int | str, str]:
-    """``{image_id: caption}`` from a COCO caption results file; one caption per image."""
-    path = Path(path)
-    data = read_json(path, _RESULTS_LAYOUT)
-    if not isinstance(data, list):
-        raise DataError(f"{path}: top level is a {type(data).__name__}; expected {_RESULTS_LAYOUT}")
-    if not data:
-        raise DataError(f"{path}: no results; expected {_RESULTS_LAYOUT}")
-    results: dict[int | str, str] = {}
-    first_index: dict[int | str, int] = {}
-    for index, entry in enumerate(data):
-        image_id, caption = _captioned(entry, path, f"result {index}", _RESULTS_LAYOUT)
-        if image_id in results:
-            # COCOEvalCap would stop on an assertion: BLEU/CIDEr take exactly one candidate per image.
-            raise DataError(
-                f"{path}: image id {image_id!r} has more than one result (entries {first_index[image_id]} "
-                f"and {index}); expected one caption per image"
-            )
-        results[image_id] = caption
-        first_index[image_id] = index
-    return results
-
-
 def score_caption_files(
     references_path: str | os.PathLike,
     results_path: str | os.PathLike,
     output: str | os.PathLike | None = None,
     metrics: str | Iterable[str] = ALL_METRICS,
 ) -> dict[str, float]:
-    """Score a COCO results file against a COCO annotation file (see :func:`score_captions`).
+    """Score a COCO results file against a COCO annotation file (see :func:`score_captions`), both
+    read by :mod:`lavin_lightning.formats.captions`.
 
     With ``output``, the scores are also written there as JSON (indent 2), atomically.
     """
     _select(metrics)
     _require_java()
-    references = load_references(references_path)
-    results = load_results(results_path)
+    references = read_coco_references(references_path)
+    results = read_coco_results(results_path)
     scores = score_captions(
         references,
         results,

@@ -1,7 +1,9 @@
-"""VQA-family accuracies: VQAv2 / OK-VQA, TextVQA and A-OKVQA, as their official evaluators score them.
+"""VQAv2 / OK-VQA accuracy as the official evaluator scores it, and the VQA answer normalisation.
 
-Pure functions, stdlib only, written anew; the rules, their quirks and the data tables (number
-words, articles, punctuation marks, contractions) follow the reference evaluators.
+Pure functions, written anew; the rules, their quirks and the data tables (number words,
+articles, punctuation marks, contractions) follow the reference evaluators. TextVQA and
+A-OKVQA are scored by :mod:`lavin_lightning.metrics.textvqa` and :mod:`lavin_lightning.metrics.aokvqa`;
+the files are read by :mod:`lavin_lightning.formats.vqa`.
 
 **VQAv2 / OK-VQA** -- GT-Vision-Lab/VQA ``vqaEval.py``. Per question, the prediction is compared
 with each of the human answers left out in turn: ``min(1, matches among the others / 3)``,
@@ -29,26 +31,31 @@ apply; "leaving one answer out" excludes every answer record *equal* to it (the 
 compares the answer dicts), which only differs from index-wise leave-one-out when records
 repeat, e.g. files without ``answer_id``.
 
-**TextVQA** -- the EvalAI / mmf ``EvalAIAnswerProcessor`` and ``TextVQAAccuracyEvaluator``:
-both sides are always normalised (lower-case, ``,`` and ``?`` removed, ``'s`` -> `` 's``, then
-the VQA punctuation and digit/article steps); the same leave-one-out over exactly 10 answers;
-no rounding of the per-question score; the accuracy is the plain mean.
-
-**A-OKVQA** -- allenai/aokvqa ``eval_predictions.py``: direct answer = raw exact string match,
-``min(1, matches / 3)`` over the 10 ``direct_answers`` (no leave-one-out, no normalisation),
-questions flagged ``difficult_direct_answer`` excluded; multiple choice = the chosen string
-equals ``choices[correct_choice_idx]``. Both as ``sum / n * 100``, unrounded.
+**Answer normalisation** -- :func:`normalize_vqa_answer`, and for TextVQA the EvalAI / mmf
+``EvalAIAnswerProcessor`` (:func:`normalize_textvqa_answer`: lower-case, ``,`` and ``?``
+removed, ``'s`` -> `` 's``, then the VQA punctuation and digit/article steps), which
+:mod:`lavin_lightning.metrics.textvqa` applies to both sides.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from pathlib import Path
 
 from lavin_lightning.errors import ConfigError, DataError
-from lavin_lightning.io import read_json, write_json
+from lavin_lightning.formats.records import records_at, require_known
+from lavin_lightning.formats.vqa import (
+    ANNOTATIONS_FORMAT,
+    QUESTIONS_FORMAT,
+    index_by_question_id,
+    read_vqa_annotations,
+    read_vqa_questions,
+    read_vqa_results,
+    result_answers,
+)
+from lavin_lightning.io import write_json
 
 __all__ = [
     "ARTICLES",
@@ -56,17 +63,13 @@ __all__ = [
     "MODES",
     "NUMBER_WORDS",
     "PUNCTUATION",
+    "leave_one_out",
     "normalize_textvqa_answer",
     "normalize_vqa_answer",
     "process_digit_article",
     "process_punctuation",
-    "score_aokvqa",
-    "score_aokvqa_files",
-    "score_textvqa",
-    "score_textvqa_files",
     "score_vqa",
     "score_vqa_files",
-    "textvqa_accuracy",
     "vqa_accuracy",
 ]
 
@@ -123,9 +126,6 @@ _DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
 _PERIOD = re.compile(r"\.(?!\d)")
 # The evaluator calls sub("", text, re.UNICODE): the flag's value, 32, lands in `count`.
 _PERIOD_LIMIT = 32
-
-# How many ids an error message lists before saying "...".
-_SHOW = 5
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -184,7 +184,7 @@ def _check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> None:
 # --------------------------------------------------------------------------- per-question scores
 
 
-def _leave_one_out(prediction: str, answers: list[str], keys: list | None = None) -> float:
+def leave_one_out(prediction: str, answers: list[str], keys: list | None = None) -> float:
     """Mean over the answers of min(1, matches among the *other* answers / 3).
 
     ``keys`` (one per answer) say which answers count as "the same one" when one is left out;
@@ -226,97 +226,15 @@ def vqa_accuracy(prediction: str, gt_answers: list[str], mode: str = "official")
     if not gt_answers:
         raise ValueError("vqa_accuracy needs at least one ground-truth answer")
     prediction, answers = _vqa_sides(prediction, list(gt_answers), mode)
-    return _leave_one_out(prediction, answers)
+    return leave_one_out(prediction, answers)
 
 
-def textvqa_accuracy(prediction: str, gt_answers: list[str]) -> float:
-    """TextVQA accuracy of one prediction (EvalAI normalisation on both sides), unrounded."""
-    if not gt_answers:
-        raise ValueError("textvqa_accuracy needs at least one ground-truth answer")
-    answers = [normalize_textvqa_answer(answer) for answer in gt_answers]
-    return _leave_one_out(normalize_textvqa_answer(prediction), answers)
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _first_few(ids: list) -> str:
-    shown = ", ".join(repr(i) for i in ids[:_SHOW])
-    return shown + (", ..." if len(ids) > _SHOW else "")
-
-
-def _is_id(value: object) -> bool:
-    # bool is an int subclass and floats do not survive JSON keys: neither identifies a question.
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
-
-
-def _records(container: object, key: str | None, source: str, what: str) -> list:
-    """The list of records at ``container[key]`` (or ``container`` itself when key is None)."""
-    if key is not None:
-        if not isinstance(container, dict) or key not in container:
-            raise DataError(f'{source}: expected an object with a "{key}" list of {what}')
-        container = container[key]
-    if not isinstance(container, list):
-        where = f'"{key}"' if key is not None else "top level"
-        raise DataError(f"{source}: {where} is a {type(container).__name__}; expected a list of {what}")
-    return container
-
-
-def _index(records: list, source: str, what: str, fields: Iterable[str] = ()) -> dict:
-    """``{question_id: record}`` in file order; DataError on a bad record or a repeated id."""
-    index: dict = {}
-    for position, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError(f"{source}: {what} #{position} is a {type(record).__name__}; expected an object")
-        qid = record.get("question_id")
-        if not _is_id(qid):
-            raise DataError(f"{source}: {what} #{position} has no usable question_id (got {qid!r})")
-        if qid in index:
-            raise DataError(f"{source}: question_id {qid!r} appears more than once")
-        absent = [field for field in fields if field not in record]
-        if absent:
-            raise DataError(f"{source}: question_id {qid!r} lacks the field(s) {', '.join(absent)}")
-        index[qid] = record
-    return index
-
-
-def _predictions(results: object, source: str, wanted: dict) -> dict:
-    """``{question_id: answer}`` from a VQA/TextVQA results list, covering exactly ``wanted``."""
-    records = _records(results, None, source, '{"question_id", "answer"} objects')
-    answers = {qid: r["answer"] for qid, r in _index(records, source, "result", ("answer",)).items()}
-    for qid, answer in answers.items():
-        if not isinstance(answer, str):
-            raise DataError(f"{source}: question_id {qid!r} has a {type(answer).__name__} answer; expected a string")
-    unknown = [qid for qid in answers if qid not in wanted]
-    if unknown:
-        raise DataError(
-            f"{source}: {len(unknown)} result(s) for question ids that are not in the ground truth, "
-            f"first: {_first_few(unknown)}"
-        )
-    missing = [qid for qid in wanted if qid not in answers]
-    if missing:
-        raise DataError(
-            f"{source}: {len(missing)} of {len(wanted)} question(s) have no result, first: "
-            f"{_first_few(missing)}; the official evaluator requires one result per question"
-        )
-    return answers
-
-
-def _string_list(value: object, source: str, qid: Hashable, field: str, length: int | None = None) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DataError(f"{source}: question_id {qid!r}: {field} must be a list of strings")
-    if not value or (length is not None and len(value) != length):
-        expected = f"exactly {length}" if length is not None else "at least one"
-        raise DataError(f"{source}: question_id {qid!r} has {len(value)} {field}; expected {expected}")
-    return value
+# --------------------------------------------------------------------------- VQAv2 / OK-VQA
 
 
 def _percent(values: list) -> float:
     # The official operation order: 100 * sum first, then the division, then round to 2.
     return round(100 * float(sum(values)) / len(values), 2)
-
-
-# --------------------------------------------------------------------------- VQAv2 / OK-VQA
 
 
 def _answer_keys(answers: list[dict], processed: list[str]) -> list | None:
@@ -350,28 +268,21 @@ def score_vqa(
     :func:`score_vqa_files`).
     """
     _check_mode(mode)
-    question_index = _index(
-        _records(questions, "questions", questions_source, "questions"), questions_source, "question"
+    question_index = index_by_question_id(
+        records_at(questions, "questions", questions_source, QUESTIONS_FORMAT), questions_source, "question"
     )
-    annotation_index = _index(
-        _records(annotations, "annotations", annotations_source, "annotations"),
+    annotation_index = index_by_question_id(
+        records_at(annotations, "annotations", annotations_source, ANNOTATIONS_FORMAT),
         annotations_source,
         "annotation",
         ("question_type", "answer_type", "answers"),
     )
-    orphans = [qid for qid in annotation_index if qid not in question_index]
-    if orphans:
-        raise DataError(
-            f"{annotations_source}: {len(orphans)} annotation(s) for question ids absent from "
-            f"{questions_source}, first: {_first_few(orphans)}"
-        )
-    unannotated = [qid for qid in question_index if qid not in annotation_index]
-    if unannotated:
-        raise DataError(
-            f"{questions_source}: {len(unannotated)} question(s) without an annotation in "
-            f"{annotations_source}, first: {_first_few(unannotated)}"
-        )
-    predictions = _predictions(results, results_source, annotation_index)
+    require_known(annotation_index, question_index, lambda n, first: (
+        f"{annotations_source}: {n} annotation(s) for question ids absent from {questions_source}, first: {first}"),
+        repr)
+    require_known(question_index, annotation_index, lambda n, first: (
+        f"{questions_source}: {n} question(s) without an annotation in {annotations_source}, first: {first}"), repr)
+    predictions = result_answers(results, results_source, annotation_index)
 
     per_question: dict = {}
     per_qtype: dict[str, list] = {}
@@ -386,7 +297,7 @@ def score_vqa(
                 f'{annotations_source}: question_id {qid!r}: every answer must be an object with a string "answer"'
             )
         prediction, answers = _vqa_sides(predictions[qid], [r["answer"] for r in records], mode)
-        acc = _leave_one_out(prediction, answers, _answer_keys(records, answers))
+        acc = leave_one_out(prediction, answers, _answer_keys(records, answers))
         per_question[qid] = acc
         per_qtype.setdefault(annotation["question_type"], []).append(acc)
         per_atype.setdefault(annotation["answer_type"], []).append(acc)
@@ -408,9 +319,9 @@ def score_vqa_files(
 ) -> dict:
     """:func:`score_vqa` on the official files; with ``output``, also written there atomically."""
     _check_mode(mode)
-    questions = read_json(questions_path, 'the VQA questions {"questions": [{"question_id", ...}, ...]}')
-    annotations = read_json(annotations_path, 'the VQA annotations {"annotations": [{"question_id", "answers", ...}]}')
-    results = read_json(results_path, 'VQA results [{"question_id": int, "answer": str}, ...]')
+    questions = read_vqa_questions(questions_path)
+    annotations = read_vqa_annotations(annotations_path)
+    results = read_vqa_results(results_path)
     scores = score_vqa(
         questions,
         annotations,
@@ -419,172 +330,6 @@ def score_vqa_files(
         questions_source=str(questions_path),
         annotations_source=str(annotations_path),
         results_source=str(results_path),
-    )
-    if output is not None:
-        write_json(Path(output), scores)
-    return scores
-
-
-# --------------------------------------------------------------------------- TextVQA
-
-
-def score_textvqa(data: dict, results: list, *, data_source: str = "data", results_source: str = "results") -> dict:
-    """TextVQA accuracy of ``results`` against a TextVQA json (``{"data": [...]}``).
-
-    Returns ``{"accuracy": percent rounded to 2 (for display), "accuracy_fraction": the
-    unrounded mean in 0..1 (what the EvalAI / mmf evaluator returns), "evalQA": {question_id:
-    unrounded score in 0..1}}``. Every question needs exactly 10 answers (the evaluator
-    asserts it) and exactly one string result.
-    """
-    index = _index(_records(data, "data", data_source, "TextVQA questions"), data_source, "question")
-    gts = {}
-    for qid, record in index.items():
-        if "answers" not in record:
-            raise DataError(f"{data_source}: question_id {qid!r} has no answers (the test split is scored on EvalAI)")
-        gts[qid] = _string_list(record["answers"], data_source, qid, "answers", length=10)
-    predictions = _predictions(results, results_source, index)
-    per_question = {qid: textvqa_accuracy(predictions[qid], answers) for qid, answers in gts.items()}
-    if not per_question:
-        raise DataError(f"{data_source}: no questions to score")
-    fraction = sum(per_question.values()) / len(per_question)
-    return {"accuracy": round(100 * fraction, 2), "accuracy_fraction": fraction, "evalQA": per_question}
-
-
-def score_textvqa_files(
-    data_path: str | os.PathLike, results_path: str | os.PathLike, output: str | os.PathLike | None = None
-) -> dict:
-    """:func:`score_textvqa` on files; with ``output``, also written there atomically."""
-    data = read_json(data_path, 'a TextVQA json {"data": [{"question_id", "answers": [10 str], ...}, ...]}')
-    results = read_json(results_path, 'TextVQA results [{"question_id": int, "answer": str}, ...]')
-    scores = score_textvqa(data, results, data_source=str(data_path), results_source=str(results_path))
-    if output is not None:
-        write_json(Path(output), scores)
-    return scores
-
-
-# --------------------------------------------------------------------------- A-OKVQA
-
-
-def score_aokvqa(
-    dataset: list,
-    predictions: dict,
-    *,
-    strict: bool = True,
-    dataset_source: str = "dataset",
-    predictions_source: str = "predictions",
-) -> dict:
-    """A-OKVQA direct-answer and multiple-choice accuracies (percent, unrounded).
-
-    ``predictions`` is ``{question_id: {"multiple_choice": str, "direct_answer": str}}``.
-    ``strict=True`` (``eval_aokvqa``'s default) requires a multiple-choice prediction for every
-    question, one of its choices, and a direct answer for every question that is not
-    ``difficult_direct_answer``; ``strict=False`` (what the script's command line passes)
-    scores a missing one as wrong and an off-list choice by plain comparison. Predictions for
-    question ids not in the dataset are ignored, as officially, and counted.
-
-    Returns ``{"direct_answer": float | None, "multiple_choice": float | None, "counts":
-    {"direct_answer": n, "multiple_choice": n, "missing": n, "ignored_predictions": n}}``
-    (None when no question is scored in that setting).
-    """
-    index = _index(
-        _records(dataset, None, dataset_source, "A-OKVQA questions"),
-        dataset_source,
-        "question",
-        ("choices", "correct_choice_idx", "direct_answers", "difficult_direct_answer"),
-    )
-    if not isinstance(predictions, dict):
-        kind = type(predictions).__name__
-        raise DataError(f"{predictions_source}: top level is a {kind}; expected an object {{question_id: {{...}}}}")
-
-    def prediction(qid: Hashable, field: str) -> str | None:
-        entry = predictions.get(qid)
-        if entry is None or field not in entry:
-            return None
-        value = entry[field]
-        if not isinstance(value, str):
-            kind = type(value).__name__
-            raise DataError(f"{predictions_source}: question_id {qid!r}: {field} is a {kind}; expected a string")
-        return value
-
-    for qid, entry in predictions.items():
-        if not isinstance(entry, dict):
-            kind = type(entry).__name__
-            raise DataError(f"{predictions_source}: question_id {qid!r} is a {kind}; expected an object")
-
-    da_accs: list[float] = []
-    mc_accs: list[float] = []
-    missing: dict[str, list] = {"multiple_choice": [], "direct_answer": []}
-    for qid, record in index.items():
-        choices = _string_list(record["choices"], dataset_source, qid, "choices")
-        correct = record["correct_choice_idx"]
-        if isinstance(correct, bool) or not isinstance(correct, int) or not 0 <= correct < len(choices):
-            raise DataError(f"{dataset_source}: question_id {qid!r}: correct_choice_idx {correct!r} is not a choice")
-        difficult = record["difficult_direct_answer"]
-        if not isinstance(difficult, bool):
-            raise DataError(f"{dataset_source}: question_id {qid!r}: difficult_direct_answer must be true or false")
-
-        chosen = prediction(qid, "multiple_choice")
-        if chosen is None:
-            missing["multiple_choice"].append(qid)
-            mc_accs.append(0.0)
-        else:
-            if strict and chosen not in choices:
-                raise DataError(
-                    f"{predictions_source}: question_id {qid!r}: multiple_choice {chosen!r} is not one of its choices"
-                )
-            mc_accs.append(float(chosen == choices[correct]))
-
-        if difficult:  # excluded from the direct-answer setting only
-            continue
-        direct_answers = _string_list(record["direct_answers"], dataset_source, qid, "direct_answers")
-        answer = prediction(qid, "direct_answer")
-        if answer is None:
-            missing["direct_answer"].append(qid)
-            da_accs.append(0.0)
-        else:
-            da_accs.append(min(1.0, sum(answer == da for da in direct_answers) / 3.0))
-
-    if strict:
-        for field, qids in missing.items():
-            if qids:
-                raise DataError(
-                    f"{predictions_source}: {len(qids)} question(s) have no {field} prediction, first: "
-                    f"{_first_few(qids)}; the official evaluator requires one per question"
-                )
-
-    def percent(accs: list[float]) -> float | None:
-        return sum(accs) / len(accs) * 100 if accs else None  # the script's order: mean, then x100
-
-    return {
-        "direct_answer": percent(da_accs),
-        "multiple_choice": percent(mc_accs),
-        "counts": {
-            "direct_answer": len(da_accs),
-            "multiple_choice": len(mc_accs),
-            "missing": len(set(missing["multiple_choice"]) | set(missing["direct_answer"])),
-            "ignored_predictions": sum(qid not in index for qid in predictions),
-        },
-    }
-
-
-def score_aokvqa_files(
-    dataset_path: str | os.PathLike,
-    predictions_path: str | os.PathLike,
-    output: str | os.PathLike | None = None,
-    *,
-    strict: bool = True,
-) -> dict:
-    """:func:`score_aokvqa` on files; with ``output``, also written there atomically."""
-    dataset = read_json(dataset_path, "an A-OKVQA split: a list of question objects")
-    predictions = read_json(
-        predictions_path, 'A-OKVQA predictions {question_id: {"multiple_choice": str, "direct_answer": str}}'
-    )
-    scores = score_aokvqa(
-        dataset,
-        predictions,
-        strict=strict,
-        dataset_source=str(dataset_path),
-        predictions_source=str(predictions_path),
     )
     if output is not None:
         write_json(Path(output), scores)

@@ -1,14 +1,23 @@
-"""ScienceQAEvaluation reads the answers out of generated texts (the models return text only)."""
+"""ScienceQAEvaluation reads the answers out of generated texts (the models return text only), as LaVIN does."""
 
 from __future__ import annotations
 
 import json
+import random
 from types import SimpleNamespace
 
 import pytest
+from conftest import REFERENCE_DATA
 
-from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation
+from lavin_lightning.callbacks.scienceqa import (
+    ANSWER_PATTERN,
+    ScienceQAEvaluation,
+    extract_answer,
+    extract_answer_or_random,
+)
 from lavin_lightning.errors import ConfigError
+
+SQA_REF = REFERENCE_DATA / "scienceqa"
 
 PROBLEMS = {
     str(pid): {"question": f"q{pid}", "choices": ["a", "b", "c"], "answer": answer, "subject": "natural science",
@@ -45,3 +54,38 @@ def test_release_random_fallback_is_seeded_and_counted(tmp_path):
 def test_unknown_fallback_is_refused():
     with pytest.raises(ConfigError, match="unparsed_answers"):
         ScienceQAEvaluation(unparsed_answers="guess")
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def test_extraction_matches_release_cases():
+    path = SQA_REF / "lavin_answer_extraction_cases.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
+    assert len(cases) > 10
+    rng = random.Random(0)
+    for case in cases:
+        text, n = case["generated_text"], case["n_choices"]
+        matches = ANSWER_PATTERN.findall(text)
+        assert (matches[0] if matches else "FAILED") == case["extracted"], text
+        # "RANDOM" (the release's fallback) is None for us.
+        expected = None if case["pred_index"] == "RANDOM" else case["pred_index"]
+        assert extract_answer(text, n) == expected, text
+        index, was_random = extract_answer_or_random(text, n, rng)
+        assert was_random == (expected is None), text
+        assert index == expected if expected is not None else 0 <= index < n
+
+
+def test_extraction_first_match_and_choice_range():
+    # First match wins even when it comes from the echoed prompt.
+    assert extract_answer("The answer is C. ... The answer is A.", 3) == 2
+    # "D" is the 4th letter: valid for 4 choices, not for 3.
+    assert extract_answer("The answer is D.", 4) == 3
+    assert extract_answer("The answer is D.", 3) is None
+    # The random fallback is reproducible from the rng and stays in range.
+    picks = [extract_answer_or_random("no answer", 4, random.Random(7))[0] for _ in range(3)]
+    assert len(set(picks)) == 1 and 0 <= picks[0] < 4
+    with pytest.raises(ValueError):
+        extract_answer_or_random("x", 0, random.Random(0))

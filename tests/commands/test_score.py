@@ -108,7 +108,7 @@ def test_score_captions_command(tmp_path):
 def test_fit_and_test_on_easy_vqa_with_the_official_vqa_scorer(easy_vqa, tmp_path, monkeypatch):
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     monkeypatch.setattr("sys.argv", ["lavin-lightning"])
     run = tmp_path / "run"
     common = ["--config", str(repo / "experiments/base/trainer_cpu.yaml"),

@@ -1,4 +1,4 @@
-"""VQA-family scorers: the official normalisation quirks, leave-one-out accuracy, aggregation, bad input.
+"""VQAv2 / OK-VQA scoring: the official normalisation quirks, leave-one-out accuracy, aggregation, bad input.
 
 Every expected value is computed by hand in the comments next to it.
 """
@@ -6,24 +6,18 @@ Every expected value is computed by hand in the comments next to it.
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
+from conftest import expect_data_error, write_json
 
-from lavin_lightning.errors import ConfigError, DataError
+from lavin_lightning.errors import ConfigError
 from lavin_lightning.metrics.vqa import (
     CONTRACTIONS,
-    normalize_textvqa_answer,
     normalize_vqa_answer,
     process_digit_article,
     process_punctuation,
-    score_aokvqa,
-    score_aokvqa_files,
-    score_textvqa,
-    score_textvqa_files,
     score_vqa,
     score_vqa_files,
-    textvqa_accuracy,
     vqa_accuracy,
 )
 
@@ -212,16 +206,11 @@ def test_leave_one_out_compares_answer_records():
     assert score_vqa(questions, annotations, results)["evalQA"] == {1: 53.33}
 
 
-def _write(path, data):
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
-
-
 def _vqa_files(tmp_path, questions, annotations, results):
     return (
-        _write(tmp_path / "questions.json", questions),
-        _write(tmp_path / "annotations.json", annotations),
-        _write(tmp_path / "results.json", results),
+        write_json(tmp_path / "questions.json", questions),
+        write_json(tmp_path / "annotations.json", annotations),
+        write_json(tmp_path / "results.json", results),
     )
 
 
@@ -234,14 +223,6 @@ def test_score_vqa_files_writes_output(tmp_path):
     assert written["evalQA"] == {"1": 90.0, "2": 100.0, "3": 28.57}
     assert written["perAnswerType"] == scores["perAnswerType"]
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
-
-
-def _expect_error(call, *fragments):
-    with pytest.raises(DataError) as info:
-        call()
-    for fragment in fragments:
-        assert fragment in str(info.value), (fragment, str(info.value))
-    return str(info.value)
 
 
 def test_vqa_bad_results(tmp_path):
@@ -260,7 +241,7 @@ def test_vqa_bad_results(tmp_path):
     ]  # fmt: skip
     for results, fragments in cases:
         paths = _vqa_files(tmp_path, q, a, results)
-        _expect_error(lambda paths=paths: score_vqa_files(*paths), str(paths[2]), *fragments)
+        expect_data_error(lambda paths=paths: score_vqa_files(*paths), str(paths[2]), *fragments)
 
 
 def test_vqa_bad_ground_truth(tmp_path):
@@ -269,215 +250,24 @@ def test_vqa_bad_ground_truth(tmp_path):
     q, a, _ = _vqa_fixture({})
     q["questions"].append({"question_id": 4, "image_id": 104, "question": "?"})
     paths = _vqa_files(tmp_path, q, a, results)
-    _expect_error(lambda: score_vqa_files(*paths), str(paths[0]), "4", str(paths[1]))
+    expect_data_error(lambda: score_vqa_files(*paths), str(paths[0]), "4", str(paths[1]))
     # An annotation for an unknown question: named in the annotations file.
     q, a, _ = _vqa_fixture({})
     a["annotations"][0]["question_id"] = 42
     paths = _vqa_files(tmp_path, q, a, results)
-    _expect_error(lambda: score_vqa_files(*paths), str(paths[1]), "42")
+    expect_data_error(lambda: score_vqa_files(*paths), str(paths[1]), "42")
     # Annotation records that are malformed.
     for field, value, fragment in [("answers", [], "no answers"), ("answers", [{"answer": 3}], "string")]:
         q, a, _ = _vqa_fixture({})
         a["annotations"][1][field] = value
         paths = _vqa_files(tmp_path, q, a, results)
-        _expect_error(lambda paths=paths: score_vqa_files(*paths), str(paths[1]), "question_id 2", fragment)
+        expect_data_error(lambda paths=paths: score_vqa_files(*paths), str(paths[1]), "question_id 2", fragment)
     q, a, _ = _vqa_fixture({})
     del a["annotations"][2]["answer_type"]
     paths = _vqa_files(tmp_path, q, a, results)
-    _expect_error(lambda: score_vqa_files(*paths), str(paths[1]), "question_id 3", "answer_type")
+    expect_data_error(lambda: score_vqa_files(*paths), str(paths[1]), "question_id 3", "answer_type")
     # Unreadable files name themselves.
     (tmp_path / "broken.json").write_text("{", encoding="utf-8")
-    _expect_error(lambda: score_vqa_files(tmp_path / "broken.json", paths[1], paths[2]), "broken.json")
-    _expect_error(lambda: score_vqa_files(paths[0], tmp_path / "absent.json", paths[2]), "absent.json")
+    expect_data_error(lambda: score_vqa_files(tmp_path / "broken.json", paths[1], paths[2]), "broken.json")
+    expect_data_error(lambda: score_vqa_files(paths[0], tmp_path / "absent.json", paths[2]), "absent.json")
 
-
-# --------------------------------------------------------------------------- TextVQA
-
-
-def test_textvqa_normalisation():
-    assert normalize_textvqa_answer("Yes") == "yes"
-    assert normalize_textvqa_answer("Dog's bowl") == "dog 's bowl"
-    assert normalize_textvqa_answer("Stop?Sign") == "stopsign"  # removed, not spaced as in VQA
-    assert normalize_textvqa_answer("hello,world") == "helloworld"
-    assert normalize_textvqa_answer("The  Two\tcats.") == "2 cats"
-    assert normalize_textvqa_answer("cafe-bar") == "cafe bar"
-
-
-def test_textvqa_accuracy_always_normalises():
-    assert textvqa_accuracy("Yes", ["yes"] * 10) == 1.0
-    assert vqa_accuracy("Yes", ["yes"] * 10) == 0.0  # the VQA rule leaves unanimous GT alone
-    assert textvqa_accuracy("dog 's bowl", ["dog's bowl"] * 10) == 1.0
-    assert vqa_accuracy("dog 's bowl", ["dog's bowl"] * 10) == 0.0
-    assert textvqa_accuracy("stopsign", ["stop?sign"] * 10) == 1.0
-    assert textvqa_accuracy("1000", ["1,000"] + ["x"] * 9) == pytest.approx(0.3)
-    assert textvqa_accuracy("two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)
-
-
-def _textvqa_fixture():
-    data = {
-        "dataset_name": "textvqa",
-        "data": [
-            {"question_id": 10, "image_id": "a", "question": "?", "answers": ["yes"] * 10},
-            {"question_id": 11, "image_id": "b", "question": "?", "answers": ["2"] + ["3"] * 9},
-            {"question_id": 12, "image_id": "c", "question": "?", "answers": ["dog's bowl"] * 10},
-        ],
-    }
-    results = [
-        {"question_id": 10, "answer": "Yes"},  # 1.0
-        {"question_id": 11, "answer": "two"},  # 1 of 10 -> 0.3
-        {"question_id": 12, "answer": "bowl"},  # 0
-    ]
-    return data, results
-
-
-def test_score_textvqa(tmp_path):
-    data, results = _textvqa_fixture()
-    scores = score_textvqa(data, results)
-    assert scores["evalQA"] == {10: 1.0, 11: pytest.approx(0.3), 12: 0.0}
-    # (1 + 0.3 + 0) / 3 = 0.43333
-    assert scores["accuracy_fraction"] == pytest.approx(1.3 / 3)
-    assert scores["accuracy_fraction"] == sum(scores["evalQA"].values()) / 3
-    assert scores["accuracy"] == 43.33
-    out = tmp_path / "textvqa_scores.json"
-    from_files = score_textvqa_files(
-        _write(tmp_path / "TextVQA_0.5.1_val.json", data), _write(tmp_path / "res.json", results), output=out
-    )
-    assert from_files == scores
-    assert json.loads(out.read_text(encoding="utf-8"))["accuracy"] == 43.33
-
-
-def test_textvqa_bad_input(tmp_path):
-    data, results = _textvqa_fixture()
-    data_path = _write(tmp_path / "textvqa.json", data)
-    bad_results = [
-        (results + [{"question_id": 77, "answer": "x"}], ["77"]),
-        (results[:1], ["2 of 3", "11, 12"]),
-        (results + [results[0]], ["10", "more than once"]),
-        ([{"question_id": 10, "answer": None}] + results[1:], ["question_id 10", "NoneType"]),
-    ]
-    for res, fragments in bad_results:
-        res_path = _write(tmp_path / "textvqa_results.json", res)
-        _expect_error(lambda res_path=res_path: score_textvqa_files(data_path, res_path), str(res_path), *fragments)
-    res_path = _write(tmp_path / "textvqa_results.json", results)
-    for change, fragments in [
-        ({"answers": ["yes"] * 9}, ["question_id 11", "9 answers", "exactly 10"]),
-        ({"answers": ["yes"] * 9 + [3]}, ["question_id 11", "strings"]),
-    ]:
-        bad = json.loads(json.dumps(data))
-        bad["data"][1].update(change)
-        path = _write(tmp_path / "textvqa_bad.json", bad)
-        _expect_error(lambda path=path: score_textvqa_files(path, res_path), str(path), *fragments)
-    bad = json.loads(json.dumps(data))
-    del bad["data"][2]["answers"]
-    path = _write(tmp_path / "textvqa_test.json", bad)
-    _expect_error(lambda: score_textvqa_files(path, res_path), str(path), "question_id 12", "no answers")
-
-
-# --------------------------------------------------------------------------- A-OKVQA
-
-
-def _aokvqa_fixture():
-    dataset = [
-        {
-            "question_id": "q1",
-            "question": "?",
-            "image_id": 1,
-            "choices": ["dog", "cat", "bird", "fish"],
-            "correct_choice_idx": 0,
-            "direct_answers": ["dog"] * 2 + ["puppy"] * 8,
-            "difficult_direct_answer": False,
-        },
-        {
-            "question_id": "q2",
-            "question": "?",
-            "image_id": 2,
-            "choices": ["dog", "cat", "bird", "fish"],
-            "correct_choice_idx": 1,
-            "direct_answers": ["dog"] * 10,
-            "difficult_direct_answer": False,
-        },
-        {
-            "question_id": "q3",
-            "question": "?",
-            "image_id": 3,
-            "choices": ["red", "blue", "green", "pink"],
-            "correct_choice_idx": 2,
-            "direct_answers": ["green"] * 10,
-            "difficult_direct_answer": True,
-        },
-    ]
-    predictions = {
-        "q1": {"multiple_choice": "dog", "direct_answer": "dog"},  # MC right; DA 2 matches -> 2/3
-        "q2": {"multiple_choice": "dog", "direct_answer": "Dog"},  # MC wrong; DA raw "Dog" != "dog" -> 0
-        "q3": {"multiple_choice": "green", "direct_answer": "red"},  # MC right; DA excluded (difficult)
-    }
-    return dataset, predictions
-
-
-def test_score_aokvqa():
-    dataset, predictions = _aokvqa_fixture()
-    scores = score_aokvqa(dataset, predictions)
-    # DA over q1, q2: (2/3 + 0) / 2 * 100 = 33.33..; MC over all three: 2/3 * 100 = 66.67..
-    assert scores["direct_answer"] == (2 / 3 + 0.0) / 2 * 100
-    assert scores["multiple_choice"] == (1.0 + 0.0 + 1.0) / 3 * 100
-    assert scores["counts"] == {"direct_answer": 2, "multiple_choice": 3, "missing": 0, "ignored_predictions": 0}
-    # No leave-one-out: 3 raw matches of 10 give 1 (VQA's leave-one-out would give 0.9).
-    dataset[0]["direct_answers"] = ["dog"] * 3 + ["puppy"] * 7
-    assert score_aokvqa(dataset, predictions)["direct_answer"] == 50.0
-    # No normalisation at all: whitespace and articles count.
-    predictions["q1"]["direct_answer"] = "the dog"
-    assert score_aokvqa(dataset, predictions)["direct_answer"] == 0.0
-    # A flipped difficulty flag brings q3's DA (wrong) in.
-    dataset[2]["difficult_direct_answer"] = False
-    assert score_aokvqa(dataset, predictions)["counts"]["direct_answer"] == 3
-
-
-def test_aokvqa_missing_and_strict(tmp_path):
-    dataset, predictions = _aokvqa_fixture()
-    data_path = _write(tmp_path / "aokvqa_v1p0_val.json", dataset)
-    partial = {"q1": predictions["q1"]}
-    pred_path = _write(tmp_path / "aokvqa_preds.json", partial)
-    _expect_error(lambda: score_aokvqa_files(data_path, pred_path), str(pred_path), "2 question(s)", "'q2', 'q3'")
-    # Not strict: missing predictions score 0 (MC 1/3, DA (2/3 + 0) / 2).
-    lenient = score_aokvqa_files(data_path, pred_path, strict=False)
-    assert lenient["multiple_choice"] == pytest.approx(100 / 3)
-    assert lenient["direct_answer"] == pytest.approx(100 / 3)
-    assert lenient["counts"]["missing"] == 2
-    # A direct answer is not needed for a difficult question, even when strict.
-    no_da = json.loads(json.dumps(predictions))
-    del no_da["q3"]["direct_answer"]
-    assert score_aokvqa(dataset, no_da)["direct_answer"] == pytest.approx(100 / 3)
-    # Predictions for unknown ids are ignored, as officially, and counted.
-    extra = {**predictions, "q9": {"multiple_choice": "x", "direct_answer": "x"}}
-    assert score_aokvqa(dataset, extra)["counts"]["ignored_predictions"] == 1
-    out = tmp_path / "aokvqa_scores.json"
-    score_aokvqa_files(data_path, _write(tmp_path / "full.json", predictions), output=out)
-    assert json.loads(out.read_text(encoding="utf-8"))["counts"]["multiple_choice"] == 3
-
-
-def test_aokvqa_bad_input(tmp_path):
-    dataset, predictions = _aokvqa_fixture()
-    data_path = _write(tmp_path / "aokvqa_val.json", dataset)
-    for change, fragments in [
-        ({"q2": {"multiple_choice": "horse", "direct_answer": "x"}}, ["'q2'", "'horse'", "not one of its choices"]),
-        ({"q1": {"multiple_choice": 0, "direct_answer": "x"}}, ["'q1'", "multiple_choice", "int"]),
-        ({"q1": {"multiple_choice": "dog", "direct_answer": ["dog"]}}, ["'q1'", "direct_answer", "list"]),
-        ({"q1": "dog"}, ["'q1'", "str", "object"]),
-    ]:
-        path = _write(tmp_path / "aokvqa_bad_preds.json", {**predictions, **change})
-        _expect_error(lambda path=path: score_aokvqa_files(data_path, path), str(path), *fragments)
-    pred_path = _write(tmp_path / "aokvqa_preds.json", predictions)
-    for index, change, fragments in [
-        (1, {"question_id": "q1"}, ["'q1'", "more than once"]),
-        (1, {"correct_choice_idx": 4}, ["'q2'", "correct_choice_idx"]),
-        (0, {"difficult_direct_answer": 0}, ["'q1'", "difficult_direct_answer"]),
-        (0, {"direct_answers": "dog"}, ["'q1'", "direct_answers", "list of strings"]),
-    ]:
-        bad = json.loads(json.dumps(dataset))
-        bad[index].update(change)
-        path = _write(tmp_path / "aokvqa_bad.json", bad)
-        _expect_error(lambda path=path: score_aokvqa_files(path, pred_path), str(path), *fragments)
-    test_split = [{k: v for k, v in r.items() if k not in ("correct_choice_idx", "direct_answers")} for r in dataset]
-    path = _write(tmp_path / "aokvqa_v1p0_test.json", test_split)
-    message = _expect_error(lambda: score_aokvqa_files(path, pred_path), str(path), "'q1'")
-    assert re.search(r"correct_choice_idx, direct_answers", message)

@@ -9,14 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE_DATA
+from conftest import REFERENCE_DATA, write_coco_references, write_json
 
 from lavin_lightning.errors import ConfigError, DataError
+from lavin_lightning.formats.captions import read_coco_references, read_coco_results
 from lavin_lightning.metrics.captions import (
     ALL_METRICS,
     OUTPUT_KEYS,
-    load_references,
-    load_results,
     ptb_tokenize,
     rouge_l_scores,
     rouge_n_scores,
@@ -38,11 +37,6 @@ NO_METEOR = ("Bleu", "ROUGE_L", "CIDEr", "ROUGE_1")
 
 def approx(value, tol: float = 1e-12):
     return pytest.approx(value, abs=tol)
-
-
-def write(path: Path, data: object) -> Path:
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
 
 
 # --------------------------------------------------------------------------- ROUGE by hand
@@ -173,7 +167,7 @@ def test_ptb_tokenizer_lowercases_and_drops_punctuation():
 
 def _human_subset(tmp_path: Path, n: int = 50) -> Path:
     candidates = json.loads(HUMAN_REF0.read_text(encoding="utf-8"))[:n]
-    return write(tmp_path / "human_ref0_subset.json", candidates)
+    return write_json(tmp_path / "human_ref0_subset.json", candidates)
 
 
 # COCOEvalCap.evaluate() on the first 50 human-ref0 captions against refs 1-4 (SPICE stubbed
@@ -244,9 +238,9 @@ def test_fakecap_results_need_val2014_references():
     # coco-caption's published fakecap scores (BLEU-1 0.697 ... CIDEr 0.834) use all of
     # captions_val2014.json, which the shared data does not hold: only 129 of its 1,000 images
     # are Karpathy test images, so scoring it here must stop on the first image without references.
-    results = load_results(FAKECAP)
+    results = read_coco_results(FAKECAP)
     assert len(results) == 1000
-    references = load_references(REFS5)
+    references = read_coco_references(REFS5)
     assert len(references) == 5000 and all(len(refs) == 5 for refs in references.values())
     assert sum(image_id in references for image_id in results) == 129
     if shutil.which("java"):
@@ -255,27 +249,6 @@ def test_fakecap_results_need_val2014_references():
 
 
 # --------------------------------------------------------------------------- loading and bad input
-
-
-def _refs_file(tmp_path: Path, with_images: bool = True) -> Path:
-    data = {
-        "annotations": [
-            {"image_id": 7, "id": 1, "caption": "a dog on the grass"},
-            {"image_id": 3, "id": 2, "caption": "a cat on a sofa"},
-            {"image_id": 7, "id": 3, "caption": "a brown dog"},
-        ]
-    }
-    if with_images:
-        data["images"] = [{"id": 3}, {"id": 7}, {"id": 9}]
-    return write(tmp_path / "refs.json", data)
-
-
-def test_load_references_with_and_without_images(tmp_path):
-    # The images list orders the ids (as COCO.getImgIds); an image without captions is left out.
-    with_images = load_references(_refs_file(tmp_path, with_images=True))
-    assert list(with_images.items()) == [(3, ["a cat on a sofa"]), (7, ["a dog on the grass", "a brown dog"])]
-    without = load_references(_refs_file(tmp_path, with_images=False))
-    assert list(without) == [7, 3] and without[7] == with_images[7]
 
 
 @pytest.mark.parametrize(
@@ -291,27 +264,10 @@ def test_load_references_with_and_without_images(tmp_path):
 )
 @needs_java
 def test_bad_results_name_the_file_and_image(tmp_path, results, pattern):
-    refs = _refs_file(tmp_path)
-    path = write(tmp_path / "results.json", results)
+    refs = write_coco_references(tmp_path)
+    path = write_json(tmp_path / "results.json", results)
     with pytest.raises(DataError, match=r"results\.json.*" + pattern):
         score_caption_files(refs, path, metrics="Bleu")
-
-
-def test_bad_reference_files_name_the_file_and_image(tmp_path):
-    path = write(tmp_path / "refs.json", {"annotations": [{"image_id": 5, "id": 1, "caption": 3}]})
-    with pytest.raises(DataError, match=r"refs\.json: annotation 0 \(image id 5\) has a int caption"):
-        load_references(path)
-    path = write(tmp_path / "refs.json", [{"image_id": 5, "caption": "a dog"}])
-    with pytest.raises(DataError, match=r'refs\.json: no "annotations" list'):
-        load_references(path)
-    path = write(tmp_path / "refs.json", {"annotations": [{"image_id": True, "caption": "a dog"}]})
-    with pytest.raises(DataError, match=r"refs\.json: annotation 0 has image_id True"):
-        load_references(path)
-    (tmp_path / "broken.json").write_text("{", encoding="utf-8")
-    with pytest.raises(DataError, match=r"broken\.json is not valid JSON"):
-        load_references(tmp_path / "broken.json")
-    with pytest.raises(DataError, match=r"results\.json: no results"):
-        load_results(write(tmp_path / "results.json", []))
 
 
 @needs_java

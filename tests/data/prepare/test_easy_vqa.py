@@ -11,8 +11,8 @@ from PIL import Image
 
 pytest.importorskip("easy_vqa")
 
-from data_modules import easy_vqa as builder  # noqa: E402
-from data_modules.easy_vqa import COLORS, SHAPES, build_scienceqa_from_easy_vqa, main  # noqa: E402
+from data_modules.prepare import easy_vqa as builder  # noqa: E402
+from data_modules.prepare.easy_vqa import COLORS, SHAPES, build_scienceqa_from_easy_vqa, main  # noqa: E402
 from lavin_lightning.errors import ConfigError, DataError  # noqa: E402
 
 # Small but large enough that every split deterministically holds every kind, subject and

@@ -1,14 +1,14 @@
 """ScienceQA prompt builder: exact LaVIN strings (reference cases) and clear errors."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import REFERENCE_DATA
 
 from data_modules.prompts import INPUT_FORMATS, OUTPUT_FORMATS, scienceqa_prompt
 from lavin_lightning.errors import ConfigError, DataError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "scienceqa"
+REFERENCE = REFERENCE_DATA / "scienceqa"
 
 
 def _problem(**overrides):

@@ -7,15 +7,17 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import REFERENCE_DATA
 from PIL import Image
 
 from data_modules.base import image_transform, split_global_batch
+from data_modules.batching import Collator
 from data_modules.prompts import scienceqa_prompt
-from data_modules.scienceqa import ScienceQACollator, ScienceQADataModule
+from data_modules.scienceqa import ScienceQADataModule
 from lavin_lightning.backbones.tiny import byte_tokenizer
 from lavin_lightning.errors import ConfigError, DataError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "scienceqa"
+REFERENCE = REFERENCE_DATA / "scienceqa"
 PAD, BOS, EOS = 0, 1, 2
 
 
@@ -105,7 +107,7 @@ def test_train_batch_padding_images_and_keys(tmp_path):
     dm = make_dm(make_scienceqa_tree(tmp_path), prompt_format="QCM-ALE")
     dm.setup("fit")
     items = _all_items(dm, "train")
-    batch = ScienceQACollator(PAD)(items)
+    batch = Collator(PAD)(items)
     assert set(batch) == {"input_ids", "attention_mask", "labels", "pixel_values", "has_image", "pids", "n_choices"}
     lengths = [len(i["input_ids"]) for i in items]
     assert len(set(lengths)) > 1  # so that padding is exercised
@@ -228,7 +230,7 @@ def test_setup_sets_trainer_accumulation(tmp_path):
 
 
 class _TinyModule(L.LightningModule):
-    """Consumes ScienceQA batches; the data module takes its tokenizer from here."""
+    """Consumes ScienceQA batches; its tokenizer is handed to the data module."""
 
     def __init__(self):
         super().__init__()
@@ -247,9 +249,9 @@ class _TinyModule(L.LightningModule):
 
 def test_fit_uses_module_tokenizer_and_accumulates(tmp_path):
     L.seed_everything(0)
-    dm = ScienceQADataModule(str(make_scienceqa_tree(tmp_path)), global_batch_size=4, micro_batch_size=2,
-                             image_size=16, limit_val=0)
     module = _TinyModule()
+    dm = ScienceQADataModule(str(make_scienceqa_tree(tmp_path)), global_batch_size=4, micro_batch_size=2,
+                             image_size=16, limit_val=0, tokenizer=module.tokenizer)
     trainer = _trainer(max_epochs=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     assert dm.tokenizer is module.tokenizer
@@ -376,3 +378,16 @@ def test_real_problems_tokenise_and_labels_decode_to_target(tmp_path):
         letter = "ABCDE"[problems[sample.pid]["answer"]]
         supervised = tok.decode([t for t in sample.labels if t != -100])
         assert supervised.startswith(f"The answer is {letter}.") and supervised.endswith("</s>")
+
+
+def test_instruction_tokenizer_gets_each_prompt(tmp_path):
+    """A model with an instruction encoder (InstructBLIP's Q-Former) gets the prompt tokenised by its tokenizer."""
+    instruction_tokenizer = byte_tokenizer()
+    dm = make_dm(make_scienceqa_tree(tmp_path), prompt_format="QCM-A", instruction_tokenizer=instruction_tokenizer)
+    dm.setup("fit")
+    items = _all_items(dm, "train")
+    for item in items:
+        text_in, _ = scienceqa_prompt(dm.problems[item["pid"]], "QCM-A")
+        assert instruction_tokenizer.decode(item["instruction_ids"].tolist()) == text_in[:128]  # at most 128 ids
+    batch = Collator(PAD)(items)
+    assert batch["instruction_input_ids"].shape == batch["instruction_attention_mask"].shape

@@ -1,34 +1,27 @@
-"""MMLU / TruthfulQA MC1 by log-likelihood: parsing, prompts, batches, scoring, reports, a tiny LLaMA."""
+"""`lavin-lightning evaluate mc`: MMLU / TruthfulQA prompts, scored rows and batches, the evaluator, a tiny LLaMA."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from conftest import write_mmlu, write_truthfulqa
 
 from lavin_lightning.backbones.llama import LLMSpec, load_causal_lm
 from lavin_lightning.backbones.tiny import byte_tokenizer
-from lavin_lightning.errors import ConfigError, DataError
-from lavin_lightning.metrics.multiple_choice import (
-    IGNORE_INDEX,
+from lavin_lightning.batch import IGNORE_INDEX
+from lavin_lightning.commands.evaluate import (
     MMLU_CONTINUATIONS,
     QA_PRIMER,
-    MCQuestion,
     MCRequest,
-    MCResult,
     build_loglik_batch,
-    compare_reports,
     evaluate_multiple_choice,
-    format_comparison,
-    mc_report,
     mmlu_requests,
-    read_mmlu,
-    read_mmlu_dev,
-    read_truthfulqa_mc1,
     run_mc_evaluation,
     truthfulqa_requests,
 )
+from lavin_lightning.errors import ConfigError, DataError
+from lavin_lightning.formats.multiple_choice import MCQuestion, read_mmlu, read_mmlu_dev, read_truthfulqa_mc1
+from lavin_lightning.metrics.multiple_choice import MCResult, mc_report
 
 BOS = 1
 
@@ -42,70 +35,8 @@ def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
-def write(path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # newline="" keeps the \r\n and quoted newlines exactly as written.
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    return path
-
-
-def mmlu_root(tmp_path):
-    """Two subjects in the Hendrycks layout: physics (2 dev, 2 test) and alpha (2 dev, 1 test)."""
-    root = tmp_path / "mmlu"
-    write(root / "dev" / "high_school_physics_dev.csv",
-          "Dev one?,a1,b1,c1,d1,A\n"
-          "Dev two?,a2,b2,c2,d2,C\n")
-    write(root / "test" / "high_school_physics_test.csv",
-          "Test q?,t1,t2,t3,t4,B\n"
-          "A longer question about velocity?,x,y,z,w,D\n")
-    write(root / "dev" / "alpha_dev.csv", "d?,1,2,3,4,B\ne?,5,6,7,8,A\n")
-    write(root / "test" / "alpha_test.csv", "Alpha q?,p,q,r,s,A\n")
-    return root
-
-
-def tqa_file(tmp_path, records=None):
-    records = records if records is not None else [
-        {"question": "What is the capital of France?",
-         "mc1_targets": {"Paris.": 1, "Lyon.": 0, "Marseille.": 0},
-         "mc2_targets": {"Paris.": 1, "Lyon.": 0, "Marseille.": 0}},
-        {"question": "Is the Earth flat?",
-         "mc1_targets": {"Yes, it is flat.": 0, "No, it is round.": 1},
-         "mc2_targets": {"Yes, it is flat.": 0, "No, it is round.": 1}},
-    ]
-    return write(tmp_path / "mc_task.json", json.dumps(records))
-
-
-# --------------------------------------------------------------------------- MMLU parsing and prompts
-
-
-def test_mmlu_csv_fields_with_commas_quotes_and_newlines(tmp_path):
-    root = tmp_path / "mmlu"
-    write(root / "test" / "misc_test.csv",
-          '"What is 1,000 + ""2""?\nThink first.",1002,"1,002","say ""hi""","two\nlines",B\r\n'
-          "Plain?,a,b,c,d,D\r\n")
-    questions = read_mmlu(root)["misc"]
-    assert [q.question for q in questions] == ['What is 1,000 + "2"?\nThink first.', "Plain?"]
-    assert questions[0].choices == ("1002", "1,002", 'say "hi"', "two\nlines")
-    assert [q.answer for q in questions] == [1, 3]
-    assert [q.id for q in questions] == ["misc/test/0", "misc/test/1"]
-    assert questions[0].benchmark == "mmlu" and questions[0].subject == "misc"
-
-
-def test_mmlu_subjects_discovered_sorted_or_chosen(tmp_path):
-    root = mmlu_root(tmp_path)
-    assert list(read_mmlu(root)) == ["alpha", "high_school_physics"]
-    assert list(read_mmlu(root, subjects=["high_school_physics"])) == ["high_school_physics"]
-    dev = read_mmlu_dev(root, ["alpha"])
-    assert [q.question for q in dev["alpha"]] == ["d?", "e?"]
-    with pytest.raises(DataError, match="zoology_test.csv not found"):
-        read_mmlu(root, subjects=["zoology"])
-    with pytest.raises(ConfigError, match="split"):
-        read_mmlu(root, "train")
-
-
 def test_mmlu_k_shot_prompt_exact(tmp_path):
-    root = mmlu_root(tmp_path)
+    root = write_mmlu(tmp_path)
     subjects = ["high_school_physics"]
     test, dev = read_mmlu(root, subjects=subjects), read_mmlu_dev(root, subjects)
     requests = mmlu_requests(test, dev, k_shot=2)
@@ -125,7 +56,7 @@ def test_mmlu_k_shot_prompt_exact(tmp_path):
 
 
 def test_mmlu_zero_shot_and_k_too_large(tmp_path):
-    root = mmlu_root(tmp_path)
+    root = write_mmlu(tmp_path)
     subjects = ["high_school_physics"]
     test, dev = read_mmlu(root, subjects=subjects), read_mmlu_dev(root, subjects)
     zero = mmlu_requests(test, {}, k_shot=0)  # k=0 needs no dev set
@@ -143,7 +74,7 @@ def test_mmlu_zero_shot_and_k_too_large(tmp_path):
 
 
 def test_mmlu_too_long_context_drops_dev_examples_from_the_end(tmp_path, tok):
-    root = mmlu_root(tmp_path)
+    root = write_mmlu(tmp_path)
     subjects = ["high_school_physics"]
     test, dev = read_mmlu(root, subjects=subjects), read_mmlu_dev(root, subjects)
     full = mmlu_requests(test, dev, k_shot=2)
@@ -160,11 +91,8 @@ def test_mmlu_too_long_context_drops_dev_examples_from_the_end(tmp_path, tok):
     assert [r.shots for r in tiny] == [0, 0] and all(r.shortened for r in tiny)
 
 
-# --------------------------------------------------------------------------- TruthfulQA
-
-
 def test_truthfulqa_parsing_and_prompts(tmp_path):
-    questions = read_truthfulqa_mc1(tqa_file(tmp_path))
+    questions = read_truthfulqa_mc1(write_truthfulqa(tmp_path))
     assert [q.choices for q in questions] == [("Paris.", "Lyon.", "Marseille."),
                                               ("Yes, it is flat.", "No, it is round.")]
     assert [q.answer for q in questions] == [0, 1]
@@ -192,72 +120,6 @@ def test_truthfulqa_parsing_and_prompts(tmp_path):
     bare = truthfulqa_requests(questions, primer=False)
     assert bare[0].context == "Q: What is the capital of France?\nA:"
     assert bare[0].continuations == (" Paris.", " Lyon.", " Marseille.")
-
-
-@pytest.mark.parametrize(
-    "records, message",
-    [
-        ({"question": "x"}, "top level is a dict"),
-        ([], "the list is empty"),
-        ([{"question": "q", "mc1_targets": {"a": 1}}, ["not", "a", "dict"]], "record 1 is a list"),
-        ([{"question": "q", "mc1_targets": {"a": 0, "b": 0}}], "record 0.*0 true answers"),
-        ([{"question": "q", "mc1_targets": {"a": 1}}, {"question": "q", "mc1_targets": {"a": 1}},
-          {"question": "q", "mc1_targets": {"a": 1, "b": 1, "c": 0}}], "record 2.*2 true answers"),
-        ([{"question": " ", "mc1_targets": {"a": 1}}], 'record 0: "question" is missing or empty'),
-        ([{"question": "q"}], 'record 0: "mc1_targets" is missing'),
-        ([{"question": "q", "mc1_targets": {"a": 2}}], "record 0.*is 2; expected 0 or 1"),
-    ],
-)
-def test_truthfulqa_bad_input(tmp_path, records, message):
-    path = tqa_file(tmp_path, records)
-    with pytest.raises(DataError, match=message) as info:
-        read_truthfulqa_mc1(path)
-    assert "mc_task.json" in str(info.value)
-
-
-def test_truthfulqa_missing_and_invalid_file(tmp_path):
-    with pytest.raises(DataError, match="absent.json not found"):
-        read_truthfulqa_mc1(tmp_path / "absent.json")
-    with pytest.raises(DataError, match="not valid JSON"):
-        read_truthfulqa_mc1(write(tmp_path / "mc_task.json", "[{"))
-
-
-# --------------------------------------------------------------------------- MMLU bad input
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("ok?,a,b,c,d,A\nshort?,a,b,C\n", r"row 2 \(line 2\) has 4 columns; expected 6"),
-        ('"multi\nline?",a,b,c,d,A\nq?,a,b,c,d,E\n',
-         r"row 2 \(line 3\): answer 'E' \(column 6\) is not one of A, B, C, D"),
-        ('ok?,a,b,c,d,A\nok?,a,b,c,d,A\n  ,a,b,c,d,B\n', r"row 3 \(line 3\): the question \(column 1\) is empty"),
-        ("", "holds no questions"),
-    ],
-)
-def test_mmlu_bad_rows(tmp_path, text, message):
-    write(tmp_path / "mmlu" / "test" / "anatomy_test.csv", text)
-    with pytest.raises(DataError, match=message) as info:
-        read_mmlu(tmp_path / "mmlu")
-    assert "anatomy_test.csv" in str(info.value)
-
-
-def test_mmlu_no_subjects(tmp_path):
-    (tmp_path / "mmlu" / "test").mkdir(parents=True)
-    with pytest.raises(DataError, match="no MMLU subjects found under .*mmlu") as info:
-        read_mmlu(tmp_path / "mmlu")
-    assert "<subject>_test.csv" in str(info.value)
-
-
-def test_mmlu_not_utf8(tmp_path):
-    path = tmp_path / "mmlu" / "test" / "law_test.csv"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"q\xff?,a,b,c,d,A\n")
-    with pytest.raises(DataError, match="law_test.csv is not UTF-8"):
-        read_mmlu(tmp_path / "mmlu")
-
-
-# --------------------------------------------------------------------------- batches
 
 
 def marked(batch, b) -> list[int]:
@@ -300,9 +162,6 @@ def test_loglik_batch_moves_trailing_whitespace_and_cuts_left(tok):
         build_loglik_batch(tok, [("abc", " z")], max_length=2)
 
 
-# --------------------------------------------------------------------------- evaluator with a fake model
-
-
 class FakeScorer:
     """Log-likelihoods looked up by (context, continuation) decoded from the batch."""
 
@@ -331,6 +190,8 @@ MMLU_CASES = {
               ("A3?", 3, [-9.0, -8.0, -7.0, -1.0])],  # chosen 3: right
     "beta": [("B1?", 0, [-1.0, -2.0, -3.0, -4.0])],  # chosen 0: right
 }
+
+
 TQA_CASES = [("T1?", ("x", "y", "z"), 0, [-5.0, -1.0, -2.0]),  # chosen 1: wrong
              ("T2?", ("u", "v"), 1, [-3.0, -2.0])]  # chosen 1: right
 
@@ -396,47 +257,6 @@ def test_evaluator_scores_a_repeated_pair_once_and_checks_scorer_output(tok):
         evaluate_multiple_choice([request], scorer, tok, batch_size=0)
 
 
-def result(subject, correct, benchmark="mmlu"):
-    return MCResult("id", benchmark, subject, 0, 0 if correct else 1, correct, (0.0, -1.0))
-
-
-def test_comparison_deltas_and_relative_change(tok):
-    requests, table = hand_requests()
-    adapted = mc_report(evaluate_multiple_choice(requests, FakeScorer(tok, table), tok))
-    base = mc_report([result("alpha", True), result("alpha", False), result("alpha", False),
-                      result("beta", False),
-                      result("truthfulqa_mc1", True, "truthfulqa_mc1"),
-                      result("truthfulqa_mc1", True, "truthfulqa_mc1")])
-    assert base["mmlu"]["micro_average"]["accuracy"] == 25.0 and base["mmlu"]["macro_average"]["accuracy"] == 16.67
-    rows = compare_reports(base, adapted)
-    assert list(rows) == ["mmlu/alpha", "mmlu/beta", "mmlu/micro_average", "mmlu/macro_average", "truthfulqa_mc1"]
-    assert rows["mmlu/alpha"]["delta"] == pytest.approx(33.34)  # 66.67 - 33.33
-    assert rows["mmlu/alpha"]["relative"] == pytest.approx(100.03)  # 33.34 / 33.33
-    assert rows["mmlu/beta"] == {"label": "MMLU beta", "base": 0.0, "adapted": 100.0, "delta": 100.0, "relative": None}
-    assert rows["mmlu/micro_average"] == {"label": "MMLU average (micro)", "base": 25.0, "adapted": 75.0,
-                                          "delta": 50.0, "relative": 200.0}
-    assert rows["mmlu/macro_average"]["delta"] == pytest.approx(66.66)  # 83.33 - 16.67
-    assert rows["mmlu/macro_average"]["relative"] == pytest.approx(399.88)
-    assert rows["truthfulqa_mc1"] == {"label": "TruthfulQA MC1", "base": 100.0, "adapted": 50.0,
-                                      "delta": -50.0, "relative": -50.0}
-
-    table = format_comparison(rows, "LLaMA", "LLaMA + adapter").splitlines()
-    assert table[0] == "| benchmark | LLaMA | LLaMA + adapter | delta (points) | relative change (%) |"
-    assert "| MMLU average (micro) | 25.00 | 75.00 | +50.00 | +200.00 |" in table
-    assert "| MMLU beta | 0.00 | 100.00 | +100.00 | - |" in table
-    assert table[-1] == "| TruthfulQA MC1 | 100.00 | 50.00 | -50.00 | -50.00 |"
-
-    with pytest.raises(DataError, match="different benchmarks"):
-        compare_reports(base, {"mmlu": adapted["mmlu"]})
-    fewer = mc_report([result("alpha", True), result("beta", True), result("truthfulqa_mc1", True, "truthfulqa_mc1"),
-                       result("truthfulqa_mc1", True, "truthfulqa_mc1")])
-    with pytest.raises(DataError, match="mmlu/alpha: base has 3 questions, adapted 1"):
-        compare_reports(base, fewer)
-
-
-# --------------------------------------------------------------------------- a real tiny LLaMA
-
-
 @pytest.fixture(scope="module")
 def tiny_lm():
     torch.manual_seed(0)
@@ -469,11 +289,11 @@ def by_hand(model, tokenizer, context: str, continuation: str) -> float:
 
 
 def test_tiny_llama_end_to_end(tmp_path, tok, tiny_lm):
-    root = mmlu_root(tmp_path)
+    root = write_mmlu(tmp_path)
     test = read_mmlu(root)
     requests = mmlu_requests(test, read_mmlu_dev(root, test), k_shot=1)
-    requests += truthfulqa_requests(read_truthfulqa_mc1(tqa_file(tmp_path)))  # long primer next to short rows
-    requests += truthfulqa_requests(read_truthfulqa_mc1(tqa_file(tmp_path)), primer=False)
+    requests += truthfulqa_requests(read_truthfulqa_mc1(write_truthfulqa(tmp_path)))  # long primer next to short rows
+    requests += truthfulqa_requests(read_truthfulqa_mc1(write_truthfulqa(tmp_path)), primer=False)
     results = evaluate_multiple_choice(requests, lm_scorer(tiny_lm), tok, batch_size=3)
     assert len(results) == len(requests) == 7
     # Batched, padded and sorted -- yet every row equals its unbatched computation.
@@ -489,7 +309,7 @@ def test_tiny_llama_end_to_end(tmp_path, tok, tiny_lm):
 
 
 def test_run_mc_evaluation(tmp_path, tok, tiny_lm):
-    root, tqa = mmlu_root(tmp_path), tqa_file(tmp_path)
+    root, tqa = write_mmlu(tmp_path), write_truthfulqa(tmp_path)
     report = run_mc_evaluation(lm_scorer(tiny_lm), tok, mmlu_root=root, truthfulqa_path=tqa, k_shot=2, limit=1)
     assert report["mmlu"]["micro_average"]["total"] == 2  # first question of each subject
     assert report["mmlu"]["k_shot"] == 2 and report["mmlu"]["shortened_contexts"] == 0

@@ -1,28 +1,17 @@
-"""ScienceQA scoring: LaVIN answer extraction, prediction parsing, official accuracies, file I/O."""
+"""ScienceQA scoring: the official accuracies, coverage checks, real reference predictions, file I/O."""
 
 from __future__ import annotations
 
 import json
-import random
-from pathlib import Path
 
 import pytest
+from conftest import HAND_PREDICTIONS, HAND_PROBLEMS, REFERENCE_DATA, write_json
 
-from lavin_lightning.callbacks.scienceqa import ANSWER_PATTERN, extract_answer, extract_answer_or_random
 from lavin_lightning.errors import DataError
+from lavin_lightning.formats.scienceqa import read_predictions
 from lavin_lightning.metrics import scienceqa
-from lavin_lightning.metrics.scienceqa import (
-    OFFICIAL_KEYS,
-    load_predictions,
-    load_problems,
-    load_split_pids,
-    parse_prediction,
-    score_scienceqa,
-    score_scienceqa_files,
-)
+from lavin_lightning.metrics.scienceqa import OFFICIAL_KEYS, score_scienceqa, score_scienceqa_files
 
-# The public reference samples live beside the repository (…/main and …/shared are siblings).
-REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
 SQA_REF = REFERENCE_DATA / "scienceqa"
 PRED_FILES = (
     "gpt3_cot_QCM-ALE_official.json",  # indices
@@ -30,116 +19,6 @@ PRED_FILES = (
     "llava_lcs558k_vicuna13b_official.json",  # indices
 )
 needs_reference = pytest.mark.skipif(not SQA_REF.is_dir(), reason=f"{SQA_REF} is absent")
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-def test_extraction_matches_release_cases():
-    path = SQA_REF / "lavin_answer_extraction_cases.json"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
-    assert len(cases) > 10
-    rng = random.Random(0)
-    for case in cases:
-        text, n = case["generated_text"], case["n_choices"]
-        matches = ANSWER_PATTERN.findall(text)
-        assert (matches[0] if matches else "FAILED") == case["extracted"], text
-        # "RANDOM" (the release's fallback) is None for us.
-        expected = None if case["pred_index"] == "RANDOM" else case["pred_index"]
-        assert extract_answer(text, n) == expected, text
-        index, was_random = extract_answer_or_random(text, n, rng)
-        assert was_random == (expected is None), text
-        assert index == expected if expected is not None else 0 <= index < n
-
-
-def test_extraction_first_match_and_choice_range():
-    # First match wins even when it comes from the echoed prompt.
-    assert extract_answer("The answer is C. ... The answer is A.", 3) == 2
-    # "D" is the 4th letter: valid for 4 choices, not for 3.
-    assert extract_answer("The answer is D.", 4) == 3
-    assert extract_answer("The answer is D.", 3) is None
-    # The random fallback is reproducible from the rng and stays in range.
-    picks = [extract_answer_or_random("no answer", 4, random.Random(7))[0] for _ in range(3)]
-    assert len(set(picks)) == 1 and 0 <= picks[0] < 4
-    with pytest.raises(ValueError):
-        extract_answer_or_random("x", 0, random.Random(0))
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (0, 0),
-        (3, 3),
-        (7, 7),  # out of range for a problem: still parsed (and scored wrong)
-        ("2", 2),
-        (" 2 ", 2),
-        ("10", 10),
-        ("A", 0),
-        ("E", 4),
-        (True, None),  # bool is not an index
-        (False, None),
-        (None, None),
-        ("F", None),
-        ("b", None),
-        ("AB", None),
-        ("", None),
-        ("²", None),  # str.isdigit() would accept it
-        ("-1", None),
-        (-1, None),
-        (2.0, None),
-        ([1], None),
-    ],
-)
-def test_parse_prediction(value, expected):
-    assert parse_prediction(value) == expected
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-def _problem(subject, grade, hint, image, topic, answer, n_choices=4):
-    return {
-        "question": "q",
-        "choices": [f"c{i}" for i in range(n_choices)],
-        "answer": answer,
-        "hint": hint,
-        "image": image,
-        "task": "closed choice",
-        "grade": grade,
-        "subject": subject,
-        "topic": topic,
-        "category": "c",
-        "skill": "s",
-        "lecture": "",
-        "solution": "",
-        "split": "test",
-    }
-
-
-# Six problems covering every category: TXT+IMG overlap (p1, p6), IMG only (p2), TXT only
-# (p4), NO context (p3, p5); both grade bands; three subjects; two topics, met in
-# unsorted order (writing first) so that the sorted key order is really tested.
-HAND_PROBLEMS = {
-    "p1": _problem("natural science", "grade3", "a hint", "image.png", "writing", 1),
-    "p2": _problem("natural science", "grade8", "", "image.png", "writing", 0),
-    "p3": _problem("social science", "grade5", "", None, "physics", 2),
-    "p4": _problem("social science", "grade10", "hint", None, "writing", 1),
-    "p5": _problem("language science", "grade12", "", None, "physics", 0, n_choices=2),
-    "p6": _problem("language science", "grade1", "ctx", "image.png", "physics", 1),
-}
-HAND_PREDICTIONS = {
-    "p1": 1,  # int, correct
-    "p2": " 0 ",  # digit string, correct
-    "p3": "C",  # letter -> 2, correct
-    "p4": "b",  # unparsable -> wrong, unparsed
-    "p5": 3,  # out of range for 2 choices -> wrong, NOT unparsed
-    "p6": True,  # bool would equal answer 1 if treated as int -> wrong, unparsed
-}
 
 
 def test_score_hand_computed():
@@ -205,9 +84,6 @@ def test_score_pids_restrict_and_check_coverage():
         score_scienceqa(broken, {"p1": 1})
 
 
-# --------------------------------------------------------------------------- real data
-
-
 def _load_ref(name):
     return json.loads((SQA_REF / name).read_text(encoding="utf-8"))
 
@@ -217,7 +93,7 @@ def _load_ref(name):
 def test_real_predictions_against_direct_count(pred_file):
     problems = _load_ref("problems_test_subset.json")
     pids = _load_ref("pid_splits_subset.json")["test"]
-    raw = load_predictions(SQA_REF / "preds" / pred_file)
+    raw = read_predictions(SQA_REF / "preds" / pred_file)
     assert len(pids) == 361 and set(raw) == set(pids)
 
     scores = score_scienceqa(problems, raw, pids)
@@ -276,85 +152,26 @@ def test_real_files_end_to_end(tmp_path):
         score_scienceqa_files(tmp_path, SQA_REF / "preds" / PRED_FILES[0], split="minitest")
 
 
-# --------------------------------------------------------------------------- files and errors
-
-
-@pytest.fixture
-def data_root(tmp_path):
-    root = tmp_path / "sqa"
-    root.mkdir()
-    (root / "problems.json").write_text(json.dumps(HAND_PROBLEMS), encoding="utf-8")
-    splits = {"train": [], "test": list(HAND_PROBLEMS), "minitest": ["p1", "p2"]}
-    (root / "pid_splits.json").write_text(json.dumps(splits), encoding="utf-8")
-    return root
-
-
-def _write(path, obj):
-    path.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
-    return path
-
-
-def test_load_predictions_formats(tmp_path):
-    bare = _write(tmp_path / "bare.json", {"p1": 1})
-    official = _write(tmp_path / "official.json", {"acc": 50.0, "results": {"p1": "B"}, "outputs": {}})
-    assert load_predictions(bare) == {"p1": 1}
-    assert load_predictions(official) == {"p1": "B"}
-
-
-def test_load_predictions_errors(tmp_path):
-    missing = tmp_path / "nope.json"
-    with pytest.raises(DataError, match=r"nope\.json not found"):
-        load_predictions(missing)
-    bad = _write(tmp_path / "bad.json", '{"p1": 1,\n "p2": }')
-    with pytest.raises(DataError, match=r"bad\.json is not valid JSON \(line 2, column 8"):
-        load_predictions(bad)
-    listed = _write(tmp_path / "list.json", [1, 2])
-    with pytest.raises(DataError, match=r"list\.json: top level is a list"):
-        load_predictions(listed)
-    results_list = _write(tmp_path / "rl.json", {"results": [1]})
-    with pytest.raises(DataError, match=r'rl\.json: "results" is a list'):
-        load_predictions(results_list)
-
-
-def test_missing_data_files_name_the_path(tmp_path, data_root):
-    with pytest.raises(DataError, match=r"empty[/\\]problems\.json not found.*pid_splits\.json"):
-        load_problems(tmp_path / "empty")
-    (data_root / "pid_splits.json").unlink()
-    with pytest.raises(DataError, match=r"sqa[/\\]pid_splits\.json not found"):
-        load_split_pids(data_root, "test")
-
-
-def test_split_errors(data_root):
-    assert load_split_pids(data_root, "minitest") == ["p1", "p2"]
-    with pytest.raises(DataError, match=r"unknown split 'tset'; available splits: minitest, test, train"):
-        load_split_pids(data_root, "tset")
-    splits = {"test": ["p1", "ghost"]}
-    _write(data_root / "pid_splits.json", splits)
-    expected = r"pid_splits\.json: split 'test' lists pid ghost, which is not in .*problems\.json"
-    with pytest.raises(DataError, match=expected):
-        load_split_pids(data_root, "test")
-
-
-def test_score_files_coverage_errors_and_no_output(tmp_path, data_root):
+def test_score_files_coverage_errors_and_no_output(tmp_path, scienceqa_root):
     out = tmp_path / "scores.json"
-    partial = _write(tmp_path / "partial.json", {"p1": 1, "p2": 0})
+    partial = write_json(tmp_path / "partial.json", {"p1": 1, "p2": 0})
     expected = r"partial\.json \(split 'test'\): 4 of 6 .*no prediction, first: p3, p4, p5, p6"
     with pytest.raises(DataError, match=expected):
-        score_scienceqa_files(data_root, partial, output=out)
-    extra = _write(tmp_path / "extra.json", {**HAND_PREDICTIONS, "p9": 0})
+        score_scienceqa_files(scienceqa_root, partial, output=out)
+    extra = write_json(tmp_path / "extra.json", {**HAND_PREDICTIONS, "p9": 0})
     with pytest.raises(DataError, match=r"extra\.json .*outside the evaluated set, first: p9"):
-        score_scienceqa_files(data_root, extra, output=out)
-    broken = _write(tmp_path / "broken.json", "{")
+        score_scienceqa_files(scienceqa_root, extra, output=out)
+    broken = write_json(tmp_path / "broken.json", "{")
     with pytest.raises(DataError, match=r"broken\.json is not valid JSON"):
-        score_scienceqa_files(data_root, broken, output=out)
+        score_scienceqa_files(scienceqa_root, broken, output=out)
     assert not out.exists()
     assert list(tmp_path.glob(".scores.json.*")) == []
 
 
-def test_score_files_atomic_write(tmp_path, data_root, monkeypatch):
-    preds = _write(tmp_path / "preds.json", {"results": HAND_PREDICTIONS})
+def test_score_files_atomic_write(tmp_path, scienceqa_root, monkeypatch):
+    preds = write_json(tmp_path / "preds.json", {"results": HAND_PREDICTIONS})
     out = tmp_path / "scores.json"
-    scores = score_scienceqa_files(data_root, preds, output=out)
+    scores = score_scienceqa_files(scienceqa_root, preds, output=out)
     assert json.loads(out.read_text(encoding="utf-8")) == scores
     assert scores["acc_average"] == "50.00"
     assert list(tmp_path.glob(".scores.json.*")) == []
@@ -364,12 +181,12 @@ def test_score_files_atomic_write(tmp_path, data_root, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(scienceqa.os, "replace", fail_replace)
-    mini = _write(tmp_path / "mini.json", {"p1": 1, "p2": 0})
+    mini = write_json(tmp_path / "mini.json", {"p1": 1, "p2": 0})
     target = tmp_path / "mini_scores.json"
     with pytest.raises(OSError, match="disk full"):
-        score_scienceqa_files(data_root, mini, split="minitest", output=target)
+        score_scienceqa_files(scienceqa_root, mini, split="minitest", output=target)
     with pytest.raises(OSError, match="disk full"):
-        score_scienceqa_files(data_root, mini, split="minitest", output=out)
+        score_scienceqa_files(scienceqa_root, mini, split="minitest", output=out)
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert json.loads(out.read_text(encoding="utf-8")) == scores  # previous content intact

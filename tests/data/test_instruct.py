@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from data_modules import scienceqa
+from data_modules.batching import encode_segments
 from data_modules.instruct import (
     AlpacaDataModule,
     InstructionMixtureDataModule,
@@ -17,7 +18,6 @@ from data_modules.instruct import (
 )
 from data_modules.templates import (
     TEMPLATES,
-    assemble_conversation,
     conversation_segments,
     encode_conversation,
     instruction_prompt,
@@ -212,7 +212,7 @@ def test_global_batch_gives_accumulation(tmp_path):
 
 
 class _Counter(L.LightningModule):
-    """Counts validation steps; the tokenizer is found by the data module at setup."""
+    """Counts validation steps; its tokenizer is handed to the data module."""
 
     def __init__(self):
         super().__init__()
@@ -233,8 +233,9 @@ class _Counter(L.LightningModule):
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 @pytest.mark.parametrize("val_size, val_steps", [(0, 0), (1, 1)])
 def test_validation_runs_only_with_held_out_data(tmp_path, val_size, val_steps):
-    dm = AlpacaDataModule(str(write_json(tmp_path / "alpaca.json", ALPACA)), val_size=val_size, global_batch_size=2)
     model = _Counter()
+    dm = AlpacaDataModule(str(write_json(tmp_path / "alpaca.json", ALPACA)), val_size=val_size, global_batch_size=2,
+                          tokenizer=model.tokenizer)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
@@ -350,7 +351,7 @@ def test_long_generation_prompt_is_cut_from_the_left(tmp_path):
     assert TOK.decode(long["input_ids"].tolist()) == "<s>" + "w" * (31 - len("\nResponse:")) + "\nResponse:"
     assert TOK.decode(short["input_ids"].tolist()) == "<s>Instruction: Hi.\nResponse:"
     # Without BOS the last tokens are kept.
-    ids, labels, truncated = assemble_conversation([[5, 6, 7, 8]], [False], None, EOS, 2)
+    ids, labels, truncated, _ = encode_segments([([5, 6, 7, 8], False)], None, EOS, 2)
     assert (ids, labels, truncated) == ([7, 8], None, True)
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules.templates import IGNORE_INDEX
 from data_modules.vqa import VQADataModule
 from lavin_lightning.backbones.tiny import byte_tokenizer
+from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import DataError
 from lavin_lightning.metrics.vqa import score_vqa
 
@@ -18,7 +18,7 @@ from lavin_lightning.metrics.vqa import score_vqa
 @pytest.fixture(scope="module")
 def easy_root(tmp_path_factory):
     pytest.importorskip("easy_vqa")
-    from data_modules.easy_vqa import build_vqa_from_easy_vqa
+    from data_modules.prepare.easy_vqa import build_vqa_from_easy_vqa
 
     return build_vqa_from_easy_vqa(tmp_path_factory.mktemp("easy") / "vqa", n_train=20, n_val=5, n_test=10, seed=0)
 

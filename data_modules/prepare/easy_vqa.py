@@ -17,7 +17,7 @@ cycles with the pid so both grade bands occur in every split. Train and val come
 easy-VQA's train questions on disjoint images, test from its test questions.
 
 Usage: ``build_scienceqa_from_easy_vqa(out_dir)`` or
-``lavin-lightning prepare easy-vqa --out DIR`` (= ``python -m data_modules.easy_vqa``).
+``lavin-lightning prepare easy-vqa --out DIR`` (= ``python -m data_modules.prepare.easy_vqa``).
 """
 
 from __future__ import annotations

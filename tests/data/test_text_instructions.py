@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_modules.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
-from data_modules.scienceqa import ScienceQACollator, ScienceQADataModule, instruction_prompt
+from data_modules.batching import Collator
+from data_modules.prepare.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
+from data_modules.scienceqa import ScienceQADataModule, instruction_prompt
 from lavin_lightning.backbones.tiny import byte_tokenizer
 from lavin_lightning.errors import DataError
 
@@ -82,7 +83,7 @@ def test_instructions_join_train_only_as_text_only_samples(tmp_path):
     assert "text_instructions" not in dm.truncation_report["val"]
 
     # Batches mix modalities (the collator sees image and text-only samples together).
-    batch = ScienceQACollator(0)(train)
+    batch = Collator(0)(train)
     assert batch["has_image"].tolist() == [True, False, False, False, False]
 
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from data_modules.captions import CaptionDataModule
-from data_modules.templates import IGNORE_INDEX
 from lavin_lightning.backbones.tiny import byte_tokenizer
+from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import DataError
 
 # imgid, split, cocoid, sentences
