@@ -24,6 +24,8 @@ class SuiteCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.tokenizer", "data.init_args.tokenizer", apply_on="instantiate")
+        parser.link_arguments("model.instruction_tokenizer", "data.init_args.instruction_tokenizer",
+                              apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.global_batch_size", apply_on="parse",
                               compute_fn=_global_batch_size)
 
