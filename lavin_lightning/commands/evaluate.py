@@ -419,16 +419,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--output", help="write the reports and the comparison here (JSON)")
     args = ap.parse_args(argv[1:])
     # The model stack loads only when the command runs: importing this module stays light.
-    from lavin_lightning.config import build_module, load_configs
-    from lavin_lightning.models.causal_lm import CausalLMModule
-
-    module = build_module(load_configs(args.config))
-    if not isinstance(module, CausalLMModule):
-        raise ConfigError(f"`evaluate mc` runs methods on a causal LM (LaVIN, Excitor, LLaMA-Adapter, LoRA), not "
-                          f"{type(module).__name__}; InstructBLIP methods answer prompt files with `predict`")
-    if args.adapter:
-        module.adapter_path = args.adapter
-    module.configure_model()
+    from lavin_lightning.config import load_causal_lm_module, load_configs
+    module = load_causal_lm_module(load_configs(args.config), args.adapter, "evaluate mc")
     result = evaluate_base_and_adapted(
         module, mmlu_root=args.mmlu, truthfulqa_path=args.truthfulqa, k_shot=args.k_shot,
         subjects=args.subjects, limit=args.limit, batch_size=args.batch_size, max_length=args.max_length)
