@@ -441,3 +441,46 @@ def make_textcaps(root, **kwargs):
 @pytest.fixture
 def textcaps_root(tmp_path):
     return write_textcaps(tmp_path / "textcaps")
+
+
+# -- LaVIN-format batches ---------------------------------------------------------------------
+
+LAVIN_PROMPTS = [
+    ("Question: What colour is the square?\nContext: N/A\nOptions: (A) red (B) blue\nResponse:", "The answer is A."),
+    ("Question: Is it round?\nContext: N/A\nOptions: (A) yes (B) no\nResponse:", "The answer is B."),
+    ("Question: Which word is a colour?\nContext: N/A\nOptions: (A) teal (B) circle (C) three\nResponse:",
+     "The answer is A."),
+]
+
+
+def make_batch(tokenizer, has_image=(True, False, True), with_labels=True, image_size=32, seed=0):
+    """Right-padded batch in the data module's format, prompts of different lengths."""
+    rows, labels = [], []
+    for (prompt, answer), _ in zip(LAVIN_PROMPTS, has_image):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        full = tokenizer(prompt + answer, add_special_tokens=False).input_ids if with_labels else prompt_ids
+        ids = [tokenizer.bos_token_id] + full + ([tokenizer.eos_token_id] if with_labels else [])
+        rows.append(ids)
+        labels.append([-100] * (1 + len(prompt_ids)) + ids[1 + len(prompt_ids):])
+    width = max(map(len, rows))
+    gen = torch.Generator().manual_seed(seed)
+    batch = {
+        "input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        "has_image": torch.tensor(has_image),
+        "pixel_values": torch.randn(len(rows), 3, image_size, image_size, generator=gen)
+        * torch.tensor(has_image, dtype=torch.float)[:, None, None, None],
+        "pids": [str(i) for i in range(len(rows))],
+        "n_choices": torch.tensor([2, 2, 3])[: len(rows)],
+    }
+    if with_labels:
+        batch["labels"] = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+    return batch
+
+
+def perturb_adapters(module, std=0.3, seed=1):
+    """Non-zero adapters, so equality checks are not vacuous."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module._trainable.values():
+            param.add_(torch.randn(param.shape, generator=gen) * std)

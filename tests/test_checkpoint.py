@@ -7,8 +7,8 @@ import json
 import lightning as L
 import pytest
 import torch
+from conftest import make_batch, perturb_adapters
 from safetensors.torch import load_file, save_file
-from test_mma import make_batch, perturb_adapters
 
 from lavin_lightning.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter, save_adapter
 from lavin_lightning.errors import CheckpointError

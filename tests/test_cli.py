@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import wandb
 import yaml
+from conftest import REPO
 
 from lavin_lightning.cli import main
 from lavin_lightning.metrics.scienceqa import OFFICIAL_KEYS
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import REPO
 
 from lavin_lightning.config import config_stack, load_configs, merge
 from lavin_lightning.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_merge_combines_sections_and_a_new_class_replaces_its_section():

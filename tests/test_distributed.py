@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import write_colour_problems
+from conftest import REPO, write_colour_problems
 
 from data_modules.scienceqa import ScienceQADataModule
 from lavin_lightning.callbacks.export import ExportAdapter
 from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from lavin_lightning.cli import main
 from lavin_lightning.commands.params import main as params_main
 
-REPO = Path(__file__).resolve().parents[1]
 ROW_CONFIGS = sorted((REPO / "experiments").glob("*/*.yaml"))
 ROW_CONFIGS = [p for p in ROW_CONFIGS if p.parent.name != "base"]
 TASK_CONFIGS = sorted((REPO / "experiments" / "petal" / "tasks").glob("*.yaml"))

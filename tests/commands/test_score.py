@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
 from lavin_lightning.cli import main
 
@@ -106,9 +107,8 @@ def test_score_captions_command(tmp_path):
 
 @pytest.mark.slow
 def test_fit_and_test_on_easy_vqa_with_the_official_vqa_scorer(easy_vqa, tmp_path, monkeypatch):
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = REPO
     monkeypatch.setattr("sys.argv", ["lavin-lightning"])
     run = tmp_path / "run"
     common = ["--config", str(repo / "experiments/base/trainer_cpu.yaml"),

@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from lavin_lightning.cli import main
 from lavin_lightning.config import build_module, load_configs
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
