@@ -68,10 +68,14 @@ def embedded_module(method: str, **settings) -> PEFTModule:
     return build_module({"model": {**model, "init_args": merge({**init_args, **backbones}, settings)}})
 
 
-def trainer(out: Path, logger, **kwargs) -> L.Trainer:
-    """A Trainer on one device, a GPU if there is one."""
+def trainer(out: Path, logger, callbacks: list | None = None, **kwargs) -> L.Trainer:
+    """A Trainer on one device, a GPU if there is one, with a plain progress bar (Rich's reads
+    "Epoch 0/-2" in step-bounded runs)."""
+    callbacks = list(callbacks or [])
+    if kwargs.get("enable_progress_bar", True):
+        callbacks.append(L.pytorch.callbacks.TQDMProgressBar())
     return L.Trainer(accelerator="auto", devices=1, logger=logger, default_root_dir=out, enable_checkpointing=False,
-                     enable_model_summary=False, **kwargs)
+                     enable_model_summary=False, callbacks=callbacks, **kwargs)
 
 
 def wandb_logger(out: Path, name: str, **hyperparameters) -> WandbLogger:
