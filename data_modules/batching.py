@@ -170,7 +170,6 @@ class Sample:
     input_ids: list[int]
     labels: list[int] | None
     image_path: Path | None
-    n_choices: int = 0  # ScienceQA's number of options (0 elsewhere)
     # The instruction alone, tokenised for a model's instruction encoder (InstructBLIP's Q-Former).
     instruction_ids: list[int] | None = None
 
@@ -200,7 +199,6 @@ class SampleDataset(Dataset):
             "labels": None if s.labels is None else torch.tensor(s.labels, dtype=torch.long),
             "pixel_values": pixels,
             "has_image": s.image_path is not None,
-            "n_choices": s.n_choices,
             "instruction_ids": None if s.instruction_ids is None else torch.tensor(s.instruction_ids, dtype=torch.long),
         }
 
@@ -228,7 +226,6 @@ class Collator:
             "pixel_values": torch.stack([item["pixel_values"] for item in items]),
             "has_image": torch.tensor([item["has_image"] for item in items], dtype=torch.bool),
             "pids": [item["pid"] for item in items],
-            "n_choices": torch.tensor([item["n_choices"] for item in items], dtype=torch.long),
         })
         if items[0].get("instruction_ids") is not None:
             # Padded with 0 on the right whatever the LLM rows do: never attended.

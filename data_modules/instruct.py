@@ -4,8 +4,7 @@ The files are read by :mod:`lavin_lightning.formats.instructions` (Alpaca, LLaVA
 prompt JSONL). Every record is validated and tokenised once in ``setup()``, so a bad record
 fails (or, with ``on_bad_record="skip"``, is left out and counted) before training starts.
 Batches follow the project's contract: ``input_ids``, ``attention_mask``, ``labels``
-(train/val only), ``pixel_values``, ``has_image``, ``pids`` (plus ScienceQA's ``n_choices``,
-all 0, from the shared collator). The "<image>" marker is removed from the text: images
+(train/val only), ``pixel_values``, ``has_image``, ``pids``. The "<image>" marker is removed from the text: images
 reach the models through ``pixel_values`` and ``has_image`` only.
 """
 

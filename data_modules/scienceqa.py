@@ -53,8 +53,9 @@ class ScienceQADataModule(GlobalBatchDataModule):
     """ScienceQA for LaVIN-style instruction tuning (prompt -> "The answer is X. ...").
 
     Batches (train/val): ``input_ids``, ``attention_mask``, ``labels`` (answer + EOS
-    supervised, -100 elsewhere), ``pixel_values``, ``has_image``, ``pids``,
-    ``n_choices``. Test/predict batches hold BOS + prompt only and no ``labels``.
+    supervised, -100 elsewhere), ``pixel_values``, ``has_image``, ``pids``. Test/predict
+    batches hold BOS + prompt only and no ``labels``; the scoring callback reads each
+    problem's options from ``problems``.
 
     Args:
         data_root: ScienceQA folder with problems.json, pid_splits.json,
@@ -197,7 +198,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
                 raise DataError(f"{problems_path}: {e}") from None
             inputs.append(text_in)
             targets.append(target)
-            meta.append((pid, image_path, len(problem["choices"])))
+            meta.append((pid, image_path))
 
         n_instructions = None
         if role == "train" and self.text_instructions is not None:
@@ -205,7 +206,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
             pairs = read_text_instructions(Path(self.text_instructions))
             inputs += [text_in for text_in, _ in pairs]
             targets += [target for _, target in pairs]
-            meta += [(f"instruction-{index}", None, 0) for index in range(len(pairs))]
+            meta += [(f"instruction-{index}", None) for index in range(len(pairs))]
             n_instructions = len(pairs)
 
         # Tokenise prompt and prompt+target separately with no special tokens, as the
@@ -221,7 +222,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
                                                          max_length=_INSTRUCTION_MAX_LEN)["input_ids"]
 
         samples, n_truncated, n_prompt_cut = [], 0, 0
-        for k, (pid, image_path, n_choices) in enumerate(meta):
+        for k, (pid, image_path) in enumerate(meta):
             if generate:
                 segments = [(prompt_ids[k], False)]
             else:
@@ -236,7 +237,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
                                                           self.min_answer_tokens, where=f"pid {pid}")
             n_truncated += truncated
             n_prompt_cut += cut
-            samples.append(Sample(pid, ids, labels, image_path, n_choices, instruction_ids[k]))
+            samples.append(Sample(pid, ids, labels, image_path, instruction_ids[k]))
 
         self.truncation_report[role] = {
             "split": split,

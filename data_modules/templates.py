@@ -192,5 +192,5 @@ def encode_records(
         if cut and labels is not None and labels.count(IGNORE_INDEX) == len(labels):
             dropped += 1
             continue
-        samples.append(Sample(record.pid, input_ids, labels, record.image, 0, instruction_ids))
+        samples.append(Sample(record.pid, input_ids, labels, record.image, instruction_ids))
     return samples, {"samples": len(samples), "truncated": truncated, "dropped": dropped}

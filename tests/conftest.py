@@ -471,7 +471,6 @@ def make_batch(tokenizer, has_image=(True, False, True), with_labels=True, image
         "pixel_values": torch.randn(len(rows), 3, image_size, image_size, generator=gen)
         * torch.tensor(has_image, dtype=torch.float)[:, None, None, None],
         "pids": [str(i) for i in range(len(rows))],
-        "n_choices": torch.tensor([2, 2, 3])[: len(rows)],
     }
     if with_labels:
         batch["labels"] = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])

@@ -59,12 +59,13 @@ def tiny_methods(family: type[PEFTModule], data_class: str | None = None) -> lis
     return found
 
 
-def embedded_module(method: str, **settings) -> PEFTModule:
-    """The method of `experiments/tiny/<method>_tiny.yaml` on the embedded default's backbones,
-    with `settings` (e.g. optim, generation) over its own."""
+def embedded_module(method: str, backbones: dict | None = None, **settings) -> PEFTModule:
+    """The method of `experiments/tiny/<method>_tiny.yaml` on the embedded default's backbones
+    (or on `backbones`, by argument name), with `settings` (e.g. optim, generation) over its own."""
     model = tiny_config(method)["model"]
     init_args = model.get("init_args", {})
-    backbones = {key: EMBEDDED[key] for key in EMBEDDED if init_args.get(key) is not None}  # replaced whole
+    chosen = backbones or EMBEDDED
+    backbones = {key: chosen[key] for key in chosen if init_args.get(key) is not None}  # replaced whole
     return build_module({"model": {**model, "init_args": merge({**init_args, **backbones}, settings)}})
 
 

@@ -134,6 +134,33 @@ class PEFTModule(L.LightningModule):
     def on_predict_end(self) -> None:
         self._inference.close()
 
+    # -- steps ------------------------------------------------------------------------
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """What `fit` minimises on `batch` ("loss") and the terms it is made of, by name."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_losses()")
+
+    def generate_text(self, batch: dict) -> list[str]:
+        """The generated continuation of every prompt of `batch`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement generate_text()")
+
+    def training_step(self, batch, batch_idx):
+        losses = self.training_losses(batch)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch["pids"]))
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.model.loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["pids"]))
+        return loss
+
+    def test_step(self, batch, batch_idx):
+        """Generated texts; the task's scoring callback reads the answers out of them."""
+        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}
+
     def on_fit_start(self) -> None:
         counts = self.parameter_counts()
         for logger in self.loggers:

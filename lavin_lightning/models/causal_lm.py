@@ -264,15 +264,8 @@ class CausalLMModule(PEFTModule):
         return {role: (spec.backbone_id, module) for role, (spec, module) in roles.items() if module is not None}
 
     # -- steps ------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
-        loss = self.model.loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["pids"]))
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        loss = self.model.loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["pids"]))
-        return loss
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss": self.model.loss(batch)}
 
     def _generator(self) -> torch.Generator:
         if self._sampling_generator is None:
@@ -290,9 +283,3 @@ class CausalLMModule(PEFTModule):
         ids = self.model.generate(batch, config or self.generation, generator=self._generator(), on_token=on_token)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
-    def test_step(self, batch, batch_idx):
-        """Generated texts; the task's scoring callback reads the answers out of them."""
-        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}
-
-    def predict_step(self, batch, batch_idx, dataloader_idx=0):
-        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}

@@ -230,29 +230,16 @@ class InstructBLIPModule(PEFTModule):
         """Training terms added to the cross-entropy (name -> value); logged under train/."""
         return {}
 
-    def training_step(self, batch, batch_idx):
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The cross-entropy ("ce") plus the method's extra terms; names starting with "info_" are
+        logged only."""
         features = self.model.features(batch)
-        loss = self.model.loss(batch, features)
+        ce = self.model.loss(batch, features)
         extras = self.extra_loss(batch, features)
-        size = len(batch["pids"])
-        for name, value in extras.items():
-            self.log(f"train/{name}", value, batch_size=size)
-        total = loss + sum(v for k, v in extras.items() if not k.startswith("info_"))
-        self.log("train/ce", loss, batch_size=size)
-        self.log("train/loss", total, prog_bar=True, batch_size=size)
-        return total
-
-    def validation_step(self, batch, batch_idx):
-        loss = self.model.loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["pids"]))
-        return loss
+        total = ce + sum(v for k, v in extras.items() if not k.startswith("info_"))
+        return {"loss": total, "ce": ce, **extras}
 
     def generate_text(self, batch: dict, config: BeamSearchConfig | None = None) -> list[str]:
         ids = self.model.generate(batch, config or self.generation)
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
-    def test_step(self, batch, batch_idx):
-        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}
-
-    def predict_step(self, batch, batch_idx, dataloader_idx=0):
-        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch)}

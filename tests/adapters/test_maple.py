@@ -42,7 +42,7 @@ def make_batch(module, answers=("red", "blue green"), seed: int = 1) -> tuple[li
     generator = torch.Generator().manual_seed(seed)
     items = [{"pid": s.pid, "input_ids": torch.tensor(s.input_ids),
               "labels": None if s.labels is None else torch.tensor(s.labels),
-              "pixel_values": torch.randn(3, 32, 32, generator=generator), "has_image": True, "n_choices": 0,
+              "pixel_values": torch.randn(3, 32, 32, generator=generator), "has_image": True,
               "instruction_ids": torch.tensor(s.instruction_ids)} for s in samples]
     return items, Collator(tok.pad_token_id)(items)
 

@@ -54,7 +54,7 @@ def batch_for(module, labelled: bool = True, rows=QUESTIONS, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     items = [{"pid": s.pid, "input_ids": torch.tensor(s.input_ids),
               "labels": None if s.labels is None else torch.tensor(s.labels),
-              "pixel_values": torch.randn(3, 32, 32, generator=generator), "has_image": True, "n_choices": 0,
+              "pixel_values": torch.randn(3, 32, 32, generator=generator), "has_image": True,
               "instruction_ids": torch.tensor(s.instruction_ids)} for s in samples]
     return Collator(module.tokenizer.pad_token_id)(items)
 

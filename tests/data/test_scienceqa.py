@@ -108,7 +108,7 @@ def test_train_batch_padding_images_and_keys(tmp_path):
     dm.setup("fit")
     items = _all_items(dm, "train")
     batch = Collator(PAD)(items)
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "pixel_values", "has_image", "pids", "n_choices"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "pixel_values", "has_image", "pids"}
     lengths = [len(i["input_ids"]) for i in items]
     assert len(set(lengths)) > 1  # so that padding is exercised
     assert batch["input_ids"].shape == batch["labels"].shape == (3, max(lengths))
@@ -119,7 +119,7 @@ def test_train_batch_padding_images_and_keys(tmp_path):
         assert (batch["input_ids"][row, n:] == PAD).all() and (batch["labels"][row, n:] == -100).all()
     assert batch["pids"] == ["1", "2", "3"]
     assert batch["has_image"].tolist() == [True, False, False]
-    assert batch["n_choices"].tolist() == [2, 3, 2]
+    assert [len(dm.problems[pid]["choices"]) for pid in batch["pids"]] == [2, 3, 2]  # what the scorer reads
     assert batch["pixel_values"].shape == (3, 3, 16, 16) and batch["pixel_values"].dtype == torch.float32
     assert batch["pixel_values"][0].abs().sum() > 0
     assert (batch["pixel_values"][1:] == 0).all()  # text-only samples feed a zero image
