@@ -483,3 +483,34 @@ def perturb_adapters(module, std=0.3, seed=1):
     with torch.no_grad():
         for param in module._trainable.values():
             param.add_(torch.randn(param.shape, generator=gen) * std)
+
+
+# -- the command line end to end -----------------------------------------------------------------
+
+
+def prepare_easy_vqa(out, n_train: int, n_val: int, n_test: int):
+    """The embedded easy-VQA data in the official VQA layout, built by `lavin-lightning prepare`."""
+    pytest.importorskip("easy_vqa")
+    from lavin_lightning.cli import main
+
+    main(["prepare", "easy-vqa", "--layout", "vqa", "--out", str(out), "--n-train", str(n_train), "--n-val",
+          str(n_val), "--n-test", str(n_test)])
+    return out
+
+
+def fit_test_and_rescore_vqa(args: list[str], data_root, run, *fit_args: str) -> tuple[dict, list, dict]:
+    """`fit` then `test` with `args` on the VQA-layout data at `data_root` (CSV logs in `run`), then
+    `score vqa` on the test loop's results file: (metrics, results, the standalone scores)."""
+    from lavin_lightning.cli import main
+
+    common = [*args, f"--data.init_args.root={data_root}", f"--trainer.default_root_dir={run}",
+              "--trainer.logger.class_path=lightning.pytorch.loggers.CSVLogger",
+              f"--trainer.logger.init_args.save_dir={run}"]
+    main(["fit", *common, "--trainer.max_steps=2", *fit_args])
+    main(["test", *common, f"--model.init_args.adapter_path={run / 'adapter'}"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    main(["score", "vqa", "--questions", str(data_root / "questions_test.json"), "--annotations",
+          str(data_root / "annotations_test.json"), "--results", str(run / "results.json"),
+          "--output", str(run / "again.json")])
+    return metrics, results, json.loads((run / "again.json").read_text())

@@ -168,4 +168,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--held-out", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    print(json.dumps(write_instruction_set(args.out, args.per_family, args.held_out, args.seed)))
+    sizes = write_instruction_set(args.out, args.per_family, args.held_out, args.seed)
+    print(f"instruction set: {sizes['train']} training records (train.json), {sizes['held_out']} held-out prompts "
+          f"(held_out.jsonl, held_out_answers.json) in {args.out}")

@@ -427,3 +427,4 @@ def main(argv: list[str]) -> None:
     print(format_comparison(result["comparison"], "base", module.method))
     if args.output:
         write_json(args.output, result)
+        print(f"wrote both reports and their comparison to {args.output}")

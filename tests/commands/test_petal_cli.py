@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO
+from conftest import REPO, fit_test_and_rescore_vqa, prepare_easy_vqa
 
 from lavin_lightning.cli import main
 
 
 @pytest.fixture(scope="module")
 def easy_vqa(tmp_path_factory):
-    pytest.importorskip("easy_vqa")
-    out = tmp_path_factory.mktemp("data") / "vqa"
-    main(["prepare", "easy-vqa", "--layout", "vqa", "--out", str(out), "--n-train", "24", "--n-val", "4",
-          "--n-test", "12"])
-    return out
+    return prepare_easy_vqa(tmp_path_factory.mktemp("data") / "vqa", n_train=24, n_val=4, n_test=12)
 
 
 @pytest.mark.parametrize("model", [
@@ -27,21 +23,12 @@ def easy_vqa(tmp_path_factory):
 ], ids=["petal", "bottleneck", "lora"])
 def test_fit_and_test_on_easy_vqa(easy_vqa, tmp_path, monkeypatch, model):
     monkeypatch.setattr("sys.argv", ["lavin-lightning"])
-    run = tmp_path / "run"
-    common = ["--config", str(REPO / "experiments/base/trainer_cpu.yaml"),
-              "--config", str(REPO / "experiments/tiny/petal_tiny.yaml"), *model,
-              f"--data.init_args.root={easy_vqa}", f"--trainer.default_root_dir={run}",
-              "--trainer.logger.class_path=lightning.pytorch.loggers.CSVLogger",
-              f"--trainer.logger.init_args.save_dir={run}"]
-    main(["fit", *common, "--trainer.max_steps=2", "--data.init_args.global_batch_size=4"])
-    main(["test", *common, f"--model.init_args.adapter_path={run / 'adapter'}"])
-    metrics = json.loads((run / "metrics.json").read_text())
-    results = json.loads((run / "results.json").read_text())
+    args = ["--config", str(REPO / "experiments/base/trainer_cpu.yaml"),
+            "--config", str(REPO / "experiments/tiny/petal_tiny.yaml"), *model]
+    metrics, results, again = fit_test_and_rescore_vqa(args, easy_vqa, tmp_path / "run",
+                                                       "--data.init_args.global_batch_size=4")
     assert len(results) == 12 and set(metrics) == {"overall", "perAnswerType", "perQuestionType", "evalQA"}
-    main(["score", "vqa", "--questions", str(easy_vqa / "questions_test.json"), "--annotations",
-          str(easy_vqa / "annotations_test.json"), "--results", str(run / "results.json"),
-          "--output", str(tmp_path / "again.json")])
-    assert json.loads((tmp_path / "again.json").read_text()) == metrics
+    assert again == metrics
 
 
 @pytest.mark.parametrize("config, trainable", [

@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO
+from conftest import REPO, fit_test_and_rescore_vqa, prepare_easy_vqa
 
 from lavin_lightning.cli import main
 
 
 @pytest.fixture(scope="module")
 def easy_vqa(tmp_path_factory):
-    pytest.importorskip("easy_vqa")
-    out = tmp_path_factory.mktemp("data") / "vqa"
-    main(["prepare", "easy-vqa", "--layout", "vqa", "--out", str(out), "--n-train", "20", "--n-val", "5",
-          "--n-test", "30"])
-    return out
+    return prepare_easy_vqa(tmp_path_factory.mktemp("data") / "vqa", n_train=20, n_val=5, n_test=30)
 
 
 def test_easy_vqa_in_the_vqa_layout(easy_vqa):
@@ -107,21 +103,10 @@ def test_score_captions_command(tmp_path):
 
 @pytest.mark.slow
 def test_fit_and_test_on_easy_vqa_with_the_official_vqa_scorer(easy_vqa, tmp_path, monkeypatch):
-
-    repo = REPO
     monkeypatch.setattr("sys.argv", ["lavin-lightning"])
-    run = tmp_path / "run"
-    common = ["--config", str(repo / "experiments/base/trainer_cpu.yaml"),
-              "--config", str(repo / "experiments/tiny/lavin_tiny_vqa.yaml"), f"--data.init_args.root={easy_vqa}",
-              f"--trainer.default_root_dir={run}", "--trainer.logger.class_path=lightning.pytorch.loggers.CSVLogger",
-              f"--trainer.logger.init_args.save_dir={run}"]
-    main(["fit", *common, "--trainer.max_steps=2"])
-    main(["test", *common, f"--model.init_args.adapter_path={run / 'adapter'}"])
-    metrics = json.loads((run / "metrics.json").read_text())
-    results = json.loads((run / "results.json").read_text())
+    args = ["--config", str(REPO / "experiments/base/trainer_cpu.yaml"),
+            "--config", str(REPO / "experiments/tiny/lavin_tiny_vqa.yaml")]
+    metrics, results, again = fit_test_and_rescore_vqa(args, easy_vqa, tmp_path / "run")
     assert len(results) == 30 and set(metrics) == {"overall", "perAnswerType", "perQuestionType", "evalQA"}
     # The standalone scorer on the test loop's results file agrees with it.
-    main(["score", "vqa", "--questions", str(easy_vqa / "questions_test.json"), "--annotations",
-          str(easy_vqa / "annotations_test.json"), "--results", str(run / "results.json"),
-          "--output", str(tmp_path / "again.json")])
-    assert json.loads((tmp_path / "again.json").read_text()) == metrics
+    assert again == metrics
