@@ -139,8 +139,8 @@ class NormThenAdapter(nn.Module):
     def weight(self) -> torch.Tensor:  # backbones that read their norm's `.weight` (dtype) still work
         return self.norm.weight
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        normed = self.norm(hidden_states)
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        normed = self.norm(hidden_states, *args, **kwargs)
         if not self.adapter.active:
             return normed
         dtype = next(self.adapter.parameters()).dtype
@@ -161,8 +161,8 @@ class LinearWithDelta(nn.Module):
     def weight(self) -> torch.Tensor:  # code that reads `.weight` of the wrapped layer still works
         return self.base_layer.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
         if not self.delta.active:
             return out
         dtype = next(self.delta.parameters()).dtype

@@ -163,8 +163,8 @@ class ExcitorProjection(nn.Module):
         self.base_layer = base_layer
         self.excitor = excitor
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(hidden_states)
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(hidden_states, *args, **kwargs)
         if not self.excitor.active:
             return out
         return torch.cat([out, self.excitor.key_extra(hidden_states).to(out.dtype)], dim=-1)
