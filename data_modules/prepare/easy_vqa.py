@@ -18,6 +18,12 @@ easy-VQA's train questions on disjoint images, test from its test questions.
 
 Usage: ``build_scienceqa_from_easy_vqa(out_dir)`` or
 ``lavin-lightning prepare easy-vqa --out DIR`` (= ``python -m data_modules.prepare.easy_vqa``).
+
+This module also writes the official VQA layout (``build_vqa_from_easy_vqa``, ``--layout vqa``)
+and holds what every layout's builder shares: the parsed easy-VQA source, the train/val/test
+split on disjoint images, and building once into a temporary sibling that is renamed into
+place with its manifest. The other layouts (``--layout coco-captions|flickr30k|textcaps|aokvqa|
+textvqa|mmlu|truthfulqa|llava-instruct``) are in the sibling modules named in ``_LAYOUTS``.
 """
 
 from __future__ import annotations
@@ -41,8 +47,13 @@ __all__ = ["build_scienceqa_from_easy_vqa", "build_vqa_from_easy_vqa", "main", "
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 YES_NO = ("yes", "no")
+# Shapes that easy-VQA never draws and that name none of its pictures: wrong answer choices only.
+UNDRAWN_SHAPES = ("star", "pentagon", "hexagon", "heart")
 
 MANIFEST_NAME = "easy_vqa_build.json"
+# Added to easy-VQA's test image ids wherever a layout keeps its image ids, so that they never
+# collide with its train image ids.
+TEST_IMAGE_OFFSET = 1_000_000
 # Bump when the generated content changes, so that older builds are rebuilt, not reused.
 FORMAT_VERSION = 1
 
@@ -156,6 +167,13 @@ def _presence(text: str, answer: str) -> tuple[str, bool]:
     return named[0], (answer == "yes") != negated
 
 
+def _presence_phrase(text: str, answer: str) -> tuple[str, bool]:
+    """For a yes/no question: what it asks about as a noun phrase ("circle", "red shape") and
+    whether the image has it."""
+    thing, present = _presence(text, answer)
+    return (f"{thing} shape" if thing in COLORS else thing), present
+
+
 def _image_facts(questions: list[_Question]) -> dict[int, tuple[str, str]]:
     """``{image_id: (shape, colour)}`` for the images whose facts the questions settle.
 
@@ -236,8 +254,7 @@ def _question_problem(q: _Question, kind: str, facts: tuple[str, str] | None, rn
     elif q.family == "color":
         solution = f"The shape in the image is {q.answer}."
     else:
-        thing, present = _presence(q.text, q.answer)
-        thing = f"{thing} shape" if thing in COLORS else thing
+        thing, present = _presence_phrase(q.text, q.answer)
         shows = "shows" if present else "does not show"
         solution = f"The image {shows} a {thing}, so the answer is {q.answer}."
     hint = ""
@@ -378,14 +395,13 @@ def _read_manifest(out: Path) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _is_complete(out: Path, params: dict) -> bool:
-    """True if ``out`` holds a finished build with these parameters.
+def _is_complete(out: Path, params: dict, files: tuple[str, ...]) -> bool:
+    """True if ``out`` holds a finished build with these parameters (and the layout's ``files``).
 
     The manifest is written last inside the temporary directory, which is renamed into
     place only when complete, so a manifest with the right parameters means a full build.
     """
     manifest = _read_manifest(out)
-    files = ("annotations_test.json",) if params.get("layout") == "vqa" else ("problems.json", "pid_splits.json")
     return manifest is not None and manifest.get("params") == params and all((out / f).is_file() for f in files)
 
 
@@ -410,29 +426,61 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _split_sources(loaded: dict[str, _Source], n_train: int, n_val: int,
+                  rng: random.Random) -> dict[str, tuple[list[_Question], str]]:
+    """``{split: (questions, easy-VQA source split)}`` for train, val and test.
+
+    Train and val take easy-VQA's train questions on disjoint images (val's share of the
+    images proportional to its size), test its test questions. Every layout splits this way.
+    """
+    train_qs = loaded["train"].questions
+    train_images = sorted({q.image_id for q in train_qs})
+    rng.shuffle(train_images)
+    n_val_images = max(1, round(len(train_images) * n_val / (n_train + n_val)))
+    val_images = set(train_images[:n_val_images])
+    return {
+        "train": ([q for q in train_qs if q.image_id not in val_images], "train"),
+        "val": ([q for q in train_qs if q.image_id in val_images], "train"),
+        "test": (loaded["test"].questions, "test"),
+    }
+
+
+def _layout_image_id(image_id: int, source: str) -> int:
+    """The image id a layout writes: easy-VQA's own, offset for its test images, so that
+    the train and test sources never share one."""
+    return image_id + (0 if source == "train" else TEST_IMAGE_OFFSET)
+
+
+class _Picture(NamedTuple):
+    """One easy-VQA image whose shape and colour are known, under the id a layout writes."""
+
+    image_id: int
+    source: str  # the easy-VQA split it comes from
+    path: str  # its PNG file in the easy-vqa package
+    shape: str
+    color: str
+
+
+def _pictures(loaded: dict[str, _Source], questions: list[_Question], source: str) -> list[_Picture]:
+    """The images of ``questions`` (of easy-VQA's ``source`` split) whose facts are known, by id."""
+    facts = loaded[source].facts
+    return [_Picture(_layout_image_id(i, source), source, loaded[source].image_paths[i], *facts[i])
+            for i in sorted({q.image_id for q in questions} & facts.keys())]
+
+
 def _write_build(
     tmp: Path, easy_vqa, params: dict, n_train: int, n_val: int, n_test: int, seed: int
 ) -> dict:
     """Write the whole data set into ``tmp``; return the manifest (written last)."""
     rng = random.Random(seed)
     loaded = _load_sources(easy_vqa)
-    train_qs = loaded["train"].questions
-
-    # Val gets its own train images (share proportional to its size): no image in both.
-    train_images = sorted({q.image_id for q in train_qs})
-    rng.shuffle(train_images)
-    n_val_images = max(1, round(len(train_images) * n_val / (n_train + n_val)))
-    val_images = set(train_images[:n_val_images])
-    sources = {
-        "train": ([q for q in train_qs if q.image_id not in val_images], "train"),
-        "val": ([q for q in train_qs if q.image_id in val_images], "train"),
-        "test": (loaded["test"].questions, "test"),
-    }
+    sources = _split_sources(loaded, n_train, n_val, rng)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
 
     problems: dict[str, dict] = {}
     splits: dict[str, list[str]] = {}
     counts: dict[str, dict[str, int]] = {}
+    captions: dict[str, str] = {}  # pid -> caption, with params["captions"]
     pid = 0
     for split, n in sizes.items():
         questions, source = sources[split]
@@ -447,6 +495,9 @@ def _write_build(
             if problem["image"]:
                 dst = tmp / "images" / split / str(pid) / "image.png"
                 _copy_image(loaded[source].image_paths[q.image_id], dst)
+                if params.get("captions") and q.image_id in facts:
+                    shape, color = facts[q.image_id]
+                    captions[str(pid)] = f"A {color} {shape} on a light background."
         kinds = Counter(_kind(problems[p]) for p in splits[split])
         counts[split] = {kind: kinds[kind] for kind in ("IMG", "TXT", "NO")}
 
@@ -462,6 +513,9 @@ def _write_build(
         "counts": counts,
         "images": sum(1 for p in problems.values() if p["image"]),
     }
+    if params.get("captions"):
+        _write_json(tmp / "captions.json", {"captions": captions})
+        manifest["captions"] = len(captions)
     _write_json(tmp / MANIFEST_NAME, manifest)
     return manifest
 
@@ -479,27 +533,16 @@ def _question_type(text: str) -> str:
 def _write_vqa_build(tmp: Path, easy_vqa, params: dict, sizes: dict[str, int], seed: int) -> dict:
     rng = random.Random(seed)
     loaded = _load_sources(easy_vqa)
-    train_qs = loaded["train"].questions
-    train_images = sorted({q.image_id for q in train_qs})
-    rng.shuffle(train_images)
-    n_val_images = max(1, round(len(train_images) * sizes["val"] / (sizes["train"] + sizes["val"])))
-    val_images = set(train_images[:n_val_images])
-    pools = {
-        "train": ([q for q in train_qs if q.image_id not in val_images], "train"),
-        "val": ([q for q in train_qs if q.image_id in val_images], "train"),
-        "test": (loaded["test"].questions, "test"),
-    }
+    pools = _split_sources(loaded, sizes["train"], sizes["val"], rng)
     counts = {}
     for split, n in sizes.items():
         pool, source = pools[split]
         chosen = sorted(_draw(pool, n, rng, f"{split} questions"), key=lambda q: q.index)
         questions, annotations = [], []
-        # Ids are easy-VQA's own, offset so that no two splits share a question id and the
-        # train and test sources never share an image id.
-        image_offset = 0 if source == "train" else 1_000_000
+        # Question ids are offset so that no two splits share one.
         qid_offset = {"train": 0, "val": 2_000_000, "test": 4_000_000}[split]
         for q in chosen:
-            qid, image_id = qid_offset + len(questions) + 1, q.image_id + image_offset
+            qid, image_id = qid_offset + len(questions) + 1, _layout_image_id(q.image_id, source)
             questions.append({"question_id": qid, "image_id": image_id, "question": q.text})
             # easy-VQA has one answer per question: ten identical human answers, as the VQA layout asks.
             annotations.append({"question_id": qid, "image_id": image_id, "question_type": _question_type(q.text),
@@ -512,7 +555,18 @@ def _write_vqa_build(tmp: Path, easy_vqa, params: dict, sizes: dict[str, int], s
         _write_json(tmp / f"questions_{split}.json", {"questions": questions, "data_subtype": split})
         _write_json(tmp / f"annotations_{split}.json", {"annotations": annotations, "data_subtype": split})
         counts[split] = {"questions": len(questions), "images": len({q["image_id"] for q in questions})}
-    manifest = {"source": f"easy-vqa {_easy_vqa_version()}", "layout": "vqa", "params": params, "counts": counts}
+    return _write_layout_manifest(tmp, params, counts)
+
+
+def _layout_params(layout: str, sizes: dict[str, int], seed: int) -> dict:
+    """The parameters of a build in a layout other than ScienceQA, as its manifest records them."""
+    return {"format": FORMAT_VERSION, "layout": layout, **{f"n_{k}": v for k, v in sizes.items()}, "seed": seed}
+
+
+def _write_layout_manifest(tmp: Path, params: dict, counts: dict) -> dict:
+    """Write (last) and return the manifest of a build in a layout other than ScienceQA."""
+    manifest = {"source": f"easy-vqa {_easy_vqa_version()}", "layout": params["layout"], "params": params,
+                "counts": counts}
     _write_json(tmp / MANIFEST_NAME, manifest)
     return manifest
 
@@ -532,9 +586,10 @@ def build_vqa_from_easy_vqa(
     atomic like ``build_scienceqa_from_easy_vqa``.
     """
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    params = {"format": FORMAT_VERSION, "layout": "vqa", **{f"n_{k}": v for k, v in sizes.items()}, "seed": seed}
+    params = _layout_params("vqa", sizes, seed)
     return _build_once(out_dir, params, overwrite, lambda tmp, easy_vqa: _write_vqa_build(tmp, easy_vqa, params,
-                                                                                           sizes, seed))
+                                                                                           sizes, seed),
+                       files=("annotations_test.json",))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -548,13 +603,17 @@ def build_scienceqa_from_easy_vqa(
     n_test: int = 400,
     seed: int = 0,
     overwrite: bool = False,
+    captions: bool = False,
 ) -> Path:
     """Write easy-VQA as a ScienceQA data set in ``out_dir`` and return its path.
 
     Layout (as lupantech/ScienceQA): ``problems.json`` ({pid: problem} with all official
     fields), ``pid_splits.json`` (train/val/test, trainval, minitrain/minival/minitest =
     the first 10% of each) and ``images/<split>/<pid>/image.png`` (easy-VQA's PNG bytes)
-    for the IMG problems, plus the manifest ``easy_vqa_build.json``.
+    for the IMG problems, plus the manifest ``easy_vqa_build.json``. With ``captions``, also
+    ``captions.json`` ({"captions": {pid: caption}}, what ``use_caption`` reads: "A red circle
+    on a light background." for every IMG problem whose picture's shape and colour are known);
+    the other files are the same as without.
 
     Returns the absolute path of ``out_dir``. Idempotent: returns at once when ``out_dir``
     already holds a build with the same parameters (``overwrite=True`` rebuilds). The build
@@ -568,16 +627,22 @@ def build_scienceqa_from_easy_vqa(
             easy-vqa has too few questions for the sizes asked.
     """
     params = {"format": FORMAT_VERSION, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed}
+    if captions:  # only then, so that the parameters (and manifest) of a build without are as before
+        params["captions"] = True
     return _build_once(out_dir, params, overwrite,
-                       lambda tmp, easy_vqa: _write_build(tmp, easy_vqa, params, n_train, n_val, n_test, seed))
+                       lambda tmp, easy_vqa: _write_build(tmp, easy_vqa, params, n_train, n_val, n_test, seed),
+                       files=("problems.json", "pid_splits.json") + (("captions.json",) if captions else ()))
 
 
-def _build_once(out_dir, params: dict, overwrite: bool, write) -> Path:
+def _build_once(out_dir, params: dict, overwrite: bool, write, files: tuple[str, ...]) -> Path:
     """Run ``write(tmp, easy_vqa)`` into a temporary sibling of ``out_dir`` and rename it
-    into place; return at once when ``out_dir`` already holds a build with ``params``."""
-    for name in ("n_train", "n_val", "n_test"):
-        n = params[name]
-        if not isinstance(n, int) or n < 1:
+    into place; return at once when ``out_dir`` already holds a build with ``params`` and
+    ``files`` (the layout's main files, checked besides the manifest).
+
+    Every ``n_*`` parameter is a size and must be an integer >= 1.
+    """
+    for name, n in params.items():
+        if name.startswith("n_") and (not isinstance(n, int) or n < 1):
             raise ConfigError(f"{name} must be an integer >= 1, got {n!r}")
     out = Path(os.path.abspath(out_dir))  # absolute: "." has no name to build a sibling from
     if out.exists():
@@ -589,7 +654,7 @@ def _build_once(out_dir, params: dict, overwrite: bool, write) -> Path:
                 "is not an easy-VQA build; refusing to replace it: choose another output path "
                 "or remove it yourself"
             )
-        if not overwrite and _is_complete(out, params):
+        if not overwrite and _is_complete(out, params, files):
             return out
 
     easy_vqa = _import_easy_vqa()
@@ -606,41 +671,80 @@ def _build_once(out_dir, params: dict, overwrite: bool, write) -> Path:
         _move_into_place(tmp, out)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not overwrite and _is_complete(out, params):
+        if not overwrite and _is_complete(out, params, files):
             return out  # a concurrent process (e.g. another rank) finished the same build first
         raise
     return out
 
 
+_SPLIT_SIZES = ("n_train", "n_val", "n_test")
+# --layout -> (its name in the printout, "module:builder" in this package, the sizes the builder
+# takes). The other layouts' modules import this one, so they are imported when the command runs.
+_LAYOUTS = {
+    "scienceqa": ("ScienceQA", "easy_vqa:build_scienceqa_from_easy_vqa", _SPLIT_SIZES),
+    "vqa": ("VQA", "easy_vqa:build_vqa_from_easy_vqa", _SPLIT_SIZES),
+    "coco-captions": ("COCO Karpathy captions", "captions:build_coco_captions_from_easy_vqa", _SPLIT_SIZES),
+    "flickr30k": ("Flickr30k Karpathy captions", "captions:build_flickr30k_from_easy_vqa", _SPLIT_SIZES),
+    "textcaps": ("TextCaps", "captions:build_textcaps_from_easy_vqa", _SPLIT_SIZES),
+    "aokvqa": ("A-OKVQA", "textvqa_aokvqa:build_aokvqa_from_easy_vqa", _SPLIT_SIZES),
+    "textvqa": ("TextVQA", "textvqa_aokvqa:build_textvqa_from_easy_vqa", _SPLIT_SIZES),
+    "mmlu": ("MMLU", "multiple_choice:build_mmlu_from_easy_vqa", ("n_val", "n_test")),
+    "truthfulqa": ("TruthfulQA", "multiple_choice:build_truthfulqa_from_easy_vqa", ("n_test",)),
+    "llava-instruct": ("LLaVA-Instruct", "llava_instruct:build_llava_instruct_from_easy_vqa", ("n_train",)),
+}
+
+
+def _builder(layout: str):
+    import importlib
+
+    module, name = _LAYOUTS[layout][1].split(":")
+    return getattr(importlib.import_module(f"data_modules.prepare.{module}"), name)
+
+
+def _flags(sizes) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in sizes)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``lavin-lightning prepare easy-vqa --out DIR``: build and print the counts."""
+    """``lavin-lightning prepare easy-vqa --out DIR [--layout L]``: build and print the counts."""
     ap = argparse.ArgumentParser(
         prog="lavin-lightning prepare easy-vqa",
-        description="Write the easy-VQA data set in the ScienceQA layout (offline).",
+        description="Write the easy-VQA data set in the ScienceQA layout or another public layout (offline).",
     )
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--n-train", type=int, default=2000, help="train problems")
-    ap.add_argument("--n-val", type=int, default=200, help="val problems")
-    ap.add_argument("--n-test", type=int, default=400, help="test problems")
+    ap.add_argument("--n-train", type=int, help="train size: problems, questions, images or conversations "
+                    "(default: the layout's own, 2000 for scienceqa and vqa)")
+    ap.add_argument("--n-val", type=int, help="val size (default: the layout's own, 200 for scienceqa and vqa; "
+                    "mmlu: per subject)")
+    ap.add_argument("--n-test", type=int, help="test size (default: the layout's own, 400 for scienceqa and vqa; "
+                    "mmlu: per subject)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="rebuild even if already built")
-    ap.add_argument("--layout", choices=["scienceqa", "vqa"], default="scienceqa",
-                    help="ScienceQA problems (default) or the official VQA questions/annotations files")
+    ap.add_argument("--captions", action="store_true",
+                    help="scienceqa: also write captions.json (image captions, for use_caption)")
+    ap.add_argument("--layout", choices=list(_LAYOUTS), default="scienceqa",
+                    help="ScienceQA problems (default), the official VQA questions/annotations files, or the "
+                    "public files of COCO/Flickr30k Karpathy captions, TextCaps, A-OKVQA, TextVQA, MMLU, "
+                    "TruthfulQA (mc_task.json) or LLaVA-Instruct")
     args = ap.parse_args(argv)
+    title, _, takes = _LAYOUTS[args.layout]
+    sizes = {name: getattr(args, name) for name in _SPLIT_SIZES if getattr(args, name) is not None}
+    unused = [name for name in sizes if name not in takes]
+    if unused:
+        raise SystemExit(f"error: --layout {args.layout} takes {_flags(takes)}, not {_flags(unused)}")
+    options = {"captions": True} if args.captions else {}
+    if options and args.layout != "scienceqa":
+        raise SystemExit(f"error: --captions is for --layout scienceqa, not {args.layout}")
     try:
-        if args.layout == "vqa":
-            out = build_vqa_from_easy_vqa(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                                          seed=args.seed, overwrite=args.overwrite)
-            print(f"easy-VQA in the VQA layout: {out} {json.dumps((_read_manifest(out) or {}).get('counts'))}")
-            return 0
-        out = build_scienceqa_from_easy_vqa(
-            args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-            seed=args.seed, overwrite=args.overwrite,
-        )
+        out = _builder(args.layout)(args.out, **sizes, **options, seed=args.seed, overwrite=args.overwrite)
     except (DataError, ConfigError) as e:
         raise SystemExit(f"error: {e}") from None
     manifest = _read_manifest(out) or {}
-    print(f"easy-VQA in the ScienceQA layout: {out} ({manifest.get('images', 0)} images)")
+    if args.layout != "scienceqa":
+        print(f"easy-VQA in the {title} layout: {out} {json.dumps(manifest.get('counts'))}")
+        return 0
+    captioned = f", {manifest['captions']} captions" if "captions" in manifest else ""
+    print(f"easy-VQA in the ScienceQA layout: {out} ({manifest.get('images', 0)} images{captioned})")
     for split, counts in manifest.get("counts", {}).items():
         kinds = ", ".join(f"{kind} {counts.get(kind, 0)}" for kind in ("IMG", "TXT", "NO"))
         print(f"  {split}: {sum(counts.values())} problems ({kinds})")
