@@ -1,4 +1,4 @@
-"""`lavin-lightning score scienceqa|vqa|textvqa|aokvqa|captions ...`: score a predictions file.
+"""`lavin-lightning score scienceqa|vqa|textvqa|aokvqa|captions|mme ...`: score a predictions file.
 
 Prints a short summary; `--output FILE` keeps every score (per category, per question) as
 JSON, and `--json` prints the scores as JSON instead of the summary (without the per-question
@@ -29,7 +29,23 @@ def _summary(task: str, scores: dict) -> str:
         shown = {k: scores[k] for k in ("direct_answer", "multiple_choice")}
         return "A-OKVQA: " + ", ".join(f"{k.replace('_', ' ')} {'-' if v is None else f'{v:.2f}'}"
                                         for k, v in shown.items())
+    if task == "mme":
+        return _mme_summary(scores)
     return "captions: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+
+
+def _mme_summary(scores: dict) -> str:
+    from lavin_lightning.metrics.mme import GROUPS
+
+    totals = []
+    for group, names in GROUPS.items():
+        scored = [name for name in names if name in scores["subtasks"]]
+        value = "-" if scores[group] is None else f"{scores[group]:.2f}"
+        totals.append(f"{group} {value} ({len(scored)} of {len(names)} subtasks)")
+    lines = [f"MME ({scores['parsing']} parsing): " + ", ".join(totals)]
+    lines += [f"  {name:<22} acc {s['acc']:6.2f}  acc+ {s['acc_plus']:6.2f}  score {s['score']:6.2f}"
+              for name, s in scores["subtasks"].items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
@@ -54,7 +70,13 @@ def main(argv: list[str]) -> None:
     captions = sub.add_parser("captions", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap), ROUGE-1/L F1+R")
     captions.add_argument("--references", required=True, help="COCO annotation format")
     captions.add_argument("--results", required=True, help='COCO results format [{"image_id", "caption"}]')
-    for parser in (sqa, vqa, textvqa, aokvqa, captions):
+    mme = sub.add_parser("mme", help="MME Perception / Cognition, as the benchmark's eval tool calculation.py")
+    mme.add_argument("--results", required=True, help="folder of <subtask>.txt: image, question, ground truth, "
+                                                      "prediction (tab-separated, two lines per image)")
+    mme.add_argument("--parsing", choices=["official", "release"], default="official",
+                     help="official: the eval tool; release: LaVIN's eval_mme.py (ignores the ground truth, "
+                          "takes each image's first question as yes and its second as no)")
+    for parser in (sqa, vqa, textvqa, aokvqa, captions, mme):
         parser.add_argument("--output", default=None, help="write every score here (JSON)")
         parser.add_argument("--json", action="store_true", help="print the scores as JSON instead of a summary")
     args = ap.parse_args(argv)
@@ -70,6 +92,10 @@ def main(argv: list[str]) -> None:
         from lavin_lightning.metrics.vqa import score_vqa_files
 
         scores = score_vqa_files(args.questions, args.annotations, args.results, mode=args.mode, output=args.output)
+    elif args.task == "mme":
+        from lavin_lightning.metrics.mme import score_mme_files
+
+        scores = score_mme_files(args.results, parsing=args.parsing, output=args.output)
     elif args.task == "textvqa":
         from lavin_lightning.metrics.textvqa import score_textvqa_files
 
