@@ -1,9 +1,9 @@
 """Shared fixtures and helpers of the tests (imported as ``from conftest import ...``).
 
 Tiny offline backbones, the location of the shared reference data, a W&B logger that keeps
-what it is given, and small builders of the public data layouts. Heavy packages (lightning,
-transformers, the data modules) are imported where a helper runs, not here: collecting a
-subset of the tests stays quick.
+what it is given, a reader of offline W&B runs, and small builders of the public data layouts.
+Heavy packages (lightning, transformers, the data modules) are imported where a helper runs,
+not here: collecting a subset of the tests stays quick.
 """
 
 from __future__ import annotations
@@ -102,10 +102,13 @@ def _fake_wandb_class():
         """A WandbLogger that keeps what it is given (no run, no network)."""
 
         def __init__(self):  # noqa: D107 -- no wandb run
-            self.metrics, self.tables = [], []
+            self.metrics, self.tables, self.hyperparams = [], [], []
 
         def log_metrics(self, metrics, step=None):
             self.metrics.append(metrics)
+
+        def log_hyperparams(self, params):
+            self.hyperparams.append(params)
 
         def log_table(self, key, columns=None, data=None, dataframe=None, step=None):
             self.tables.append((key, columns, data))
@@ -514,3 +517,87 @@ def fit_test_and_rescore_vqa(args: list[str], data_root, run, *fit_args: str) ->
           str(data_root / "annotations_test.json"), "--results", str(run / "results.json"),
           "--output", str(run / "again.json")])
     return metrics, results, json.loads((run / "again.json").read_text())
+
+
+# -- W&B offline runs ----------------------------------------------------------------------------
+
+
+def wandb_run_records(run_dir) -> list:
+    """The records of an offline W&B run folder (`offline-run-*`), as wandb's own protobuf
+    `Record`s, in the order written.
+
+    wandb writes `run-<id>.wandb` in LevelDB's log format: a 7-byte file header (":W&B",
+    magic, version), then 32 KiB blocks of chunks, each with a 7-byte header (checksum,
+    length, kind: 1 whole record, 2 first, 3 middle, 4 last part); a block's last < 7
+    bytes are padding.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = Path(run_dir).glob("run-*.wandb")
+    data = path.read_bytes()
+    ident, _, _ = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B", f"{path} is not a W&B run file"
+    block, pos, parts, records = 32768, 7, None, []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or (kind == 0 and length == 0):  # the padding at the end of a block
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            records.append(chunk)
+        elif kind == 2:
+            parts = chunk
+        elif kind == 3:
+            parts += chunk
+        elif kind == 4:
+            records.append(parts + chunk)
+        else:
+            raise AssertionError(f"{path}: chunk kind {kind} at byte {pos}")
+    out = []
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        out.append(record)
+    return out
+
+
+def wandb_run_contents(run_dir) -> SimpleNamespace:
+    """What an offline W&B run holds, read from its records: `run` (the RunRecord: group,
+    display_name, tags, job_type), `config` (the final config, charts under
+    `_wandb.visualize`), `metrics` (define_metric records by name), `history` (the logged rows
+    as dicts of `/`-joined keys), `summary` (the last summary values) and `artifacts` (by name:
+    `{path in the artifact: local file}`; a logged table is an artifact holding its images)."""
+    records = wandb_run_records(run_dir)
+    run, config, metrics, history, summary, artifacts = None, {}, {}, [], {}, {}
+
+    def apply(items, into):
+        for item in items:
+            keys = list(item.nested_key) or [item.key]
+            target = into
+            for key in keys[:-1]:
+                target = target.setdefault(key, {})
+            target[keys[-1]] = json.loads(item.value_json)
+
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            apply(record.run.config.update, config)
+        elif kind == "config":
+            apply(record.config.update, config)
+        elif kind == "metric":
+            metrics[record.metric.name or record.metric.glob_name] = record.metric
+        elif kind == "history":
+            history.append({"/".join(item.nested_key) or item.key: json.loads(item.value_json)
+                            for item in record.history.item})
+        elif kind == "summary":
+            apply(record.summary.update, summary)
+        elif kind == "artifact":
+            artifacts[record.artifact.name] = {c.path: c.local_path for c in record.artifact.manifest.contents}
+    return SimpleNamespace(run=run, config=config, metrics=metrics, history=history, summary=summary,
+                           artifacts=artifacts)

@@ -161,6 +161,8 @@ class RepAdapterRouter(AdapterModule):
         self.routing = routing
         self._cache_on = False
         self._cached_weights: torch.Tensor | None = None
+        # A list while someone reads the routing (W&B dashboards): every computed softmax is appended.
+        self.recorded: list[torch.Tensor] | None = None
 
     def routing_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax routing weights, broadcastable against x[..., :1]: (B,1,2) or (B,T,2)."""
@@ -173,6 +175,8 @@ class RepAdapterRouter(AdapterModule):
         else:
             source = x
         weights = torch.softmax(self.router(source) / self.temperature, dim=-1)
+        if self.recorded is not None:
+            self.recorded.append(weights.detach())
         if self._cache_on and self.routing == "sample":
             self._cached_weights = weights
         return weights

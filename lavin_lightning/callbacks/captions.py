@@ -4,7 +4,8 @@ Collects the generated captions of `test_step`, gathers them across processes, s
 with `metrics.captions.score_captions` against the data module's references (PTB tokenizer,
 BLEU-1..4, METEOR, ROUGE-L, CIDEr, plus ROUGE-1/L F1 and recall), writes `results.json`
 (COCO results format, which `lavin-lightning score captions` reads) and `metrics.json`, and
-logs the scores and a table of references, outputs and image thumbnails (W&B).
+logs the scores (`test/<metric>`, CIDEr also as the headline `test/cider`) and a table of
+references, outputs and image thumbnails (W&B).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class CaptionEvaluation(TestScoring):
         self.metrics = scores
         logging.getLogger(__name__).info("captions: %s over %d images; wrote %s",
                                          {k: round(v, 4) for k, v in scores.items()}, len(results), out)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"test/{k}": v for k, v in scores.items()}, step=trainer.global_step)
+        headline = {"test/cider": scores["CIDEr"]} if "CIDEr" in scores else {}
+        self.log_scores(trainer, {**headline, **{f"test/{k}": v for k, v in scores.items()}})
         rows = [(str(image_id), [image_id, " | ".join(references[image_id]), caption])
                 for image_id, caption in list(results.items())[: self.table_rows]]
         self.log_table(trainer, "test/captions", ["image_id", "references", "generated"], rows)

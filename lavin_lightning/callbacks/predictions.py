@@ -16,6 +16,11 @@ from lavin_lightning.io import atomic_write
 log = logging.getLogger(__name__)
 
 
+def wandb_loggers(trainer) -> list[WandbLogger]:
+    """The trainer's W&B loggers: what the W&B-only work (tables, charts, histograms) is for."""
+    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
 def gather_by_pid(records: list[dict]) -> list[dict]:
     """All processes' records, each pid once (DistributedSampler repeats samples to pad the
     last batch; the first copy is kept). Without a process group: the records as they are."""
@@ -84,10 +89,27 @@ class TestScoring(Callback):
             images.append(wandb.Image(thumbnail))
         return images
 
+    def log_scores(self, trainer, scores: dict[str, float]) -> None:
+        """Log `scores` (`test/...` names, see README, "W&B dashboards") to every logger."""
+        for logger in trainer.loggers:
+            logger.log_metrics(scores, step=trainer.global_step)
+
+    def log_bar_chart(self, trainer, key: str, title: str, columns: list[str], rows: list[list]) -> None:
+        """A W&B bar chart of `rows` (label, value, then any other columns) under `key`; its
+        table comes with it (`<key>_table`)."""
+        loggers = wandb_loggers(trainer)
+        if not loggers:
+            return
+        import wandb
+
+        chart = wandb.plot.bar(wandb.Table(columns=columns, data=rows), columns[0], columns[1], title=title)
+        for logger in loggers:
+            logger.log_metrics({key: chart}, step=trainer.global_step)
+
     def log_table(self, trainer, key: str, columns: list[str], rows: list[tuple[str, list]]) -> None:
         """Log the first `table_rows` of `rows` -- `(pid, cells)` pairs -- to every W&B logger,
         as a table with an "image" column (a thumbnail of the pid's image) before `columns`."""
-        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        loggers = wandb_loggers(trainer)
         if not loggers:
             return
         rows = rows[: self.table_rows]

@@ -4,7 +4,8 @@ Collects what `test_step` returns (pids and generated texts), gathers it across 
 reads the chosen option out of every text as the LaVIN release does (`extract_answer`),
 scores the choices with `metrics.scienceqa.score_scienceqa`, writes `predictions.json`
 (the format `lavin-lightning score scienceqa` reads) and `metrics.json` next to each other,
-and logs the accuracies and a predictions table.
+and logs the accuracies, a per-category bar chart and a predictions table with image
+thumbnails (W&B).
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import logging
 import random
 import re
 
-from lightning.pytorch.loggers import WandbLogger
-
+from data_modules.prompts import OPTION_LETTERS, answer_letter, options_text
 from lavin_lightning.callbacks.predictions import TestScoring
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.io import write_json
-from lavin_lightning.metrics.scienceqa import score_scienceqa
+from lavin_lightning.metrics.scienceqa import PAPER_LABELS, score_scienceqa
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,19 @@ class ScienceQAEvaluation(TestScoring):
         log.info("ScienceQA: average %s%% over %d problems (%d unparsed); wrote %s and %s",
                  metrics["acc_average"], len(records), metrics["counts"]["unparsed"], out / "metrics.json",
                  out / "predictions.json")
-        numeric = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, str)}
-        for logger in trainer.loggers:
-            logger.log_metrics(numeric, step=trainer.global_step)
-            if isinstance(logger, WandbLogger):
-                rows = [[r["pid"], problems[r["pid"]]["question"], r["text"], r["pred"],
-                         problems[r["pid"]]["answer"], r["pred"] == problems[r["pid"]]["answer"]]
-                        for r in records[: self.table_rows]]
-                logger.log_table("test/predictions", columns=["pid", "question", "generated", "prediction",
-                                                              "answer", "correct"], data=rows)
+        self.log_scores(trainer, {"test/accuracy": float(metrics["acc_average"]),
+                                  **{f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, str)}})
+        # Per category, as the papers' tables print them; categories without a problem are left out.
+        per_category = metrics["counts"]["per_category"]
+        self.log_bar_chart(trainer, "test/scienceqa_categories", "ScienceQA test accuracy per category (%)",
+                           ["category", "accuracy", "correct", "total"],
+                           [[label, float(metrics[key]), *per_category[key]] for key, label in PAPER_LABELS.items()
+                            if metrics[key] is not None])
+        rows = []
+        for r in records[: self.table_rows]:
+            problem = problems[r["pid"]]
+            prediction = None if r["pred"] is None else OPTION_LETTERS[r["pred"]]
+            rows.append((r["pid"], [r["pid"], problem["question"], options_text(problem), r["text"], prediction,
+                                    answer_letter(problem), r["pred"] == problem["answer"]]))
+        self.log_table(trainer, "test/predictions",
+                       ["pid", "question", "choices", "generated", "prediction", "answer", "correct"], rows)

@@ -5,8 +5,9 @@ into an answer (its first line, stripped) and scores the answers against the dat
 ground truth: `VQAEvaluation` (VQAv2, OK-VQA) with `metrics.vqa.score_vqa`,
 `TextVQAEvaluation` with `metrics.textvqa.score_textvqa`, `AOKVQAEvaluation` with
 `metrics.aokvqa.score_aokvqa`. Each writes `results.json` (the format the matching
-`lavin-lightning score` command reads) and `metrics.json`, and logs the accuracies and a
-table of questions, references, outputs and image thumbnails (W&B).
+`lavin-lightning score` command reads) and `metrics.json`, and logs the accuracies (the
+headline as `test/accuracy`), a table of questions, references, outputs and image thumbnails
+and, for VQAv2 / OK-VQA, a bar chart of the accuracy per answer type (W&B).
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class VQAEvaluation(TestScoring):
         self.metrics = {k: v for k, v in metrics.items() if k != "evalQA"}
         log.info("VQA (%s): overall %s over %d questions; wrote %s", self.mode, metrics["overall"], len(results),
                  out / "metrics.json")
-        numeric = {"test/vqa_overall": metrics["overall"],
-                   **{f"test/vqa_{kind}": value for kind, value in metrics["perAnswerType"].items()}}
-        for logger in trainer.loggers:
-            logger.log_metrics(numeric, step=trainer.global_step)
+        self.log_scores(trainer, {"test/accuracy": metrics["overall"], "test/vqa_overall": metrics["overall"],
+                                  **{f"test/vqa_{kind}": value for kind, value in metrics["perAnswerType"].items()}})
+        per_type = [[kind, value] for kind, value in metrics["perAnswerType"].items()]
+        self.log_bar_chart(trainer, "test/vqa_answer_types", "VQA accuracy per answer type",
+                           ["answer_type", "accuracy"], per_type)
         answers = {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations["annotations"]}
         rows = [(str(q["question_id"]), [q["question_id"], q["question"], answer_counts(answers[q["question_id"]]),
                                          r["answer"], metrics["evalQA"][q["question_id"]]])
@@ -85,7 +87,7 @@ class TextVQAEvaluation(TestScoring):
     The published test split has no answers (EvalAI scores it): test on the val split
     (`splits={"test": "val"}` on the data module) or use `predict`. Writes `results.json`
     (`[{"question_id", "answer"}]`, what `lavin-lightning score textvqa` reads) and
-    `metrics.json`; logs `test/textvqa_accuracy` (percent, rounded to 2).
+    `metrics.json`; logs `test/textvqa_accuracy` and the headline `test/accuracy` (percent, rounded to 2).
 
     Args:
         output_dir: where results.json and metrics.json go (default: the trainer's
@@ -111,8 +113,7 @@ class TextVQAEvaluation(TestScoring):
         self.metrics = {k: v for k, v in metrics.items() if k != "evalQA"}
         log.info("TextVQA: accuracy %s over %d questions; wrote %s", metrics["accuracy"], len(results),
                  out / "metrics.json")
-        for logger in trainer.loggers:
-            logger.log_metrics({"test/textvqa_accuracy": metrics["accuracy"]}, step=trainer.global_step)
+        self.log_scores(trainer, {"test/accuracy": metrics["accuracy"], "test/textvqa_accuracy": metrics["accuracy"]})
         rows = [(str(q["question_id"]), [q["question_id"], q["question"], answer_counts(q["answers"]), r["answer"],
                                          metrics["evalQA"][q["question_id"]]])
                 for q, r in zip(data["data"], results[: self.table_rows])]
@@ -143,7 +144,8 @@ class AOKVQAEvaluation(TestScoring):
     The published test split has no answers (the leaderboard scores it): test on the val split
     (`splits={"test": "val"}` on the data module) or use `predict`. Writes `results.json`
     (`{question_id: {"direct_answer", "multiple_choice"}}`, the official predictions layout) and
-    `metrics.json`; logs `test/aokvqa_direct_answer` and `test/aokvqa_multiple_choice` (percent).
+    `metrics.json`; logs `test/aokvqa_direct_answer` (also as the headline `test/accuracy`) and
+    `test/aokvqa_multiple_choice` (percent).
 
     Args:
         output_dir: where results.json and metrics.json go (default: the trainer's
@@ -177,8 +179,9 @@ class AOKVQAEvaluation(TestScoring):
                  metrics["counts"]["missing"], out / "metrics.json")
         numeric = {f"test/aokvqa_{setting}": metrics[setting] for setting in ("direct_answer", "multiple_choice")
                    if metrics[setting] is not None}
-        for logger in trainer.loggers:
-            logger.log_metrics(numeric, step=trainer.global_step)
+        if metrics["direct_answer"] is not None:  # the accuracy PETAL's tables print
+            numeric = {"test/accuracy": metrics["direct_answer"], **numeric}
+        self.log_scores(trainer, numeric)
         rows = []
         for q in dataset[: self.table_rows]:
             prediction = predictions[q["question_id"]]

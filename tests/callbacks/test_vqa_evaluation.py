@@ -31,7 +31,7 @@ def test_textvqa_evaluation_hand_computed(textvqa_root, tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text()) == [{"question_id": 101, "answer": "Red."},
                                                               {"question_id": 102, "answer": "yes"}]
     assert json.loads((out / "metrics.json").read_text())["evalQA"]["102"] == pytest.approx(0.6)
-    assert wandb.metrics == other.metrics == [{"test/textvqa_accuracy": 80.0}]
+    assert wandb.metrics == other.metrics == [{"test/accuracy": 80.0, "test/textvqa_accuracy": 80.0}]
     ((key, columns, rows),) = wandb.tables
     assert key == "test/textvqa_predictions" and columns[0] == "image" and len(rows) == 1  # table_rows
     assert rows[0][0] == ("wandb.Image", (128, 85)) and rows[0][1:4] == [101, "what colour is the text?", "red x10"]
@@ -69,7 +69,8 @@ def test_aokvqa_evaluation_hand_computed(aokvqa_root, tmp_path, monkeypatch):
                        "v2": {"direct_answer": "The cat", "multiple_choice": "a cat"},
                        "v3": {"direct_answer": "banana"}}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
-    assert wandb.metrics == [{"test/aokvqa_direct_answer": pytest.approx(100 / 3),
+    assert wandb.metrics == [{"test/accuracy": pytest.approx(100 / 3),  # the headline: direct answer
+                              "test/aokvqa_direct_answer": pytest.approx(100 / 3),
                               "test/aokvqa_multiple_choice": pytest.approx(200 / 3)}]
     ((key, columns, rows),) = wandb.tables
     assert key == "test/aokvqa_predictions" and columns[0] == "image" and len(rows) == 3
