@@ -22,7 +22,15 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from data_modules.batching import Collator, Sample, SampleDataset, eos_token_id, pad_token_id
+from data_modules.batching import (
+    Collator,
+    EpochShuffle,
+    ResumableLoader,
+    Sample,
+    SampleDataset,
+    eos_token_id,
+    pad_token_id,
+)
 from data_modules.templates import check_max_seq_len, check_template, encode_records, instruction_suffix
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.formats.instructions import InstructRecord
@@ -203,21 +211,36 @@ class SampleDataModule(L.LightningDataModule):
     def _serve(self, role: str, samples: list[Sample]) -> None:
         self.datasets[role] = SampleDataset(samples, self.transform, self.image_size)
 
-    def _shuffle_generator(self) -> torch.Generator | None:
-        """The training shuffle's generator; None draws from the global seed."""
+    def _shuffle_seed(self) -> int | None:
+        """The training shuffle's seed on one device; None: each epoch's is drawn from torch's global RNG."""
         return None
 
-    def _loader(self, role: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            self._dataset(role),
-            batch_size=batch_size,
-            # Training mixes text-only and image-text samples at random (no bucketing).
-            shuffle=shuffle,
-            generator=self._shuffle_generator() if shuffle else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=Collator(pad_token_id(self.tokenizer)),
-        )
+    def _loader_options(self, batch_size: int, fitting: bool) -> dict[str, Any]:
+        options = {
+            "batch_size": batch_size,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "collate_fn": Collator(pad_token_id(self.tokenizer)),
+        }
+        if fitting:
+            # The loaders fit iterates seed their worker processes from a generator of their own,
+            # not from torch's global RNG, whose stream (dropout) a resumed run restores; test and
+            # predict loaders draw from it, as PyTorch's do.
+            options["generator"] = torch.Generator()
+        return options
+
+    def _loader(self, role: str, batch_size: int) -> DataLoader:
+        return DataLoader(self._dataset(role), **self._loader_options(batch_size, fitting=role == "val"))
+
+    def _train_loader(self, batch_size: int, accumulation: int) -> ResumableLoader:
+        """Training mixes text-only and image-text samples at random (no bucketing), in an order that
+        can be reproduced for any epoch, dealt out to the processes, resumable mid-epoch."""
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        dataset = self._dataset("train")
+        sampler = EpochShuffle(dataset, self._shuffle_seed(), num_replicas=world_size, rank=rank)
+        return ResumableLoader(dataset, sampler=sampler, accumulation=accumulation,
+                               **self._loader_options(batch_size, fitting=True))
 
     @property
     def eval_batch(self) -> int:
@@ -232,7 +255,9 @@ class GlobalBatchDataModule(SampleDataModule):
 
     ``setup()`` sets ``per_device_batch_size`` from the trainer's world size (1 without a
     trainer) and writes the derived gradient accumulation into the attached trainer.
-    Subclasses call ``super().setup(stage)`` first.
+    Subclasses call ``super().setup(stage)`` first. The training loader's place in the epoch is
+    part of every checkpoint, so that ``fit`` resumes mid-epoch exactly
+    (:class:`~data_modules.batching.ResumableLoader`).
 
     Args:
         global_batch_size: training samples per optimizer step over all devices; the
@@ -283,8 +308,8 @@ class GlobalBatchDataModule(SampleDataModule):
             )
         self.trainer.accumulate_grad_batches = self.accumulate_grad_batches
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.per_device_batch_size, shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        return self._train_loader(self.per_device_batch_size, self.accumulate_grad_batches)
 
     def _val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -316,8 +341,8 @@ class ConversationDataModule(GlobalBatchDataModule):
         self.on_bad_record = check_on_bad_record(on_bad_record)
         self.seed = seed
 
-    def _shuffle_generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed)
+    def _shuffle_seed(self) -> int:
+        return self.seed
 
     def _encode(self, name: str, records: list[InstructRecord], instruction_suffix: str = ""):
         """``encode_records`` with this module's tokenizers and template; the counts are logged."""

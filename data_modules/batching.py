@@ -9,10 +9,16 @@ each answer, the labels and the truncation -- for training rows (ScienceQA, inst
 VQA, captions), generation prompts (test/predict, chat, the demos) and the multiple-choice
 evaluator's scored rows alike. It takes token ids: the callers tokenise (prompt and answer
 jointly as the LaVIN release does, or segment by segment), so each keeps its exact ids.
+
+:class:`EpochShuffle` and :class:`ResumableLoader` give the training order: the usual shuffles,
+reproducible for any epoch, and a position in the epoch that Lightning checkpoints, so that a
+run resumed mid-epoch trains on exactly the batches the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +26,10 @@ from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lavin_lightning.batch import IGNORE_INDEX
-from lavin_lightning.errors import ConfigError
+from lavin_lightning.errors import CheckpointError, ConfigError
 
 # How a row longer than max_length is cut (generation prompts always lose prompt tokens from
 # the left, after BOS, so that their end -- the response header -- survives):
@@ -232,3 +238,138 @@ class Collator:
             batch["instruction_input_ids"], batch["instruction_attention_mask"] = pad_sequences(
                 [item["instruction_ids"] for item in items], 0)
         return batch
+
+
+# --------------------------------------------------------------------------- training order
+
+
+def _draw(generator: torch.Generator | None) -> int:
+    """An int64 drawn as DataLoader and RandomSampler draw their seeds (None: torch's global RNG)."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+
+
+class EpochShuffle(DistributedSampler):
+    """This process's share of an epoch's shuffled order, reproducible for any epoch.
+
+    The orders are the usual ones. One process: PyTorch's ``DataLoader(shuffle=True)``: with a
+    ``seed``, the e-th permutation of a generator seeded with it (each epoch first draws the
+    worker processes' seed from it), replayed from the seed; without one, each epoch draws its
+    worker seed and its order's seed from torch's global RNG as it starts. Several processes:
+    Lightning's DistributedSampler, ``randperm(global seed + e)`` dealt out by rank (being one,
+    Lightning keeps it instead of putting its own in its place).
+
+    ``begin_epoch`` fixes the epoch's order (with the global draws a checkpoint kept, if any);
+    the iteration after it leaves out the first ``start`` indices.
+
+    Args:
+        dataset: the training samples.
+        seed: the shuffle's seed on one process; None draws from the global RNG.
+        num_replicas: training processes (the world size).
+        rank: this process's rank.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int | None = None, num_replicas: int = 1, rank: int = 0) -> None:
+        global_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # what seed_everything set, as Lightning reads it
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=global_seed if num_replicas > 1 or seed is None else seed)
+        # What fixes every epoch's order: a seed, or nothing (drawn from the global RNG).
+        self.order_seed = self.seed if num_replicas > 1 or seed is not None else None
+        self.drawn: list[int] | None = None  # this epoch's global draws (worker seed, order seed)
+        self.start = 0
+        self._order: list[int] | None = None
+
+    def begin_epoch(self, drawn: list[int] | None = None) -> int:
+        """Fix the order of the current epoch (``drawn``: its global draws, from a checkpoint);
+        return the worker processes' base seed."""
+        n = len(self.dataset)
+        if self.num_replicas > 1:
+            self._order = list(super().__iter__())
+            return self.seed + self.epoch
+        if self.order_seed is None:
+            self.drawn = drawn or [_draw(None), _draw(None)]
+            worker, order = self.drawn
+            self._order = torch.randperm(n, generator=torch.Generator().manual_seed(order)).tolist()
+            return worker
+        generator = torch.Generator().manual_seed(self.order_seed)
+        for _ in range(self.epoch):  # what each epoch before drew: a worker seed, two permutations
+            _draw(generator)
+            torch.randperm(n, generator=generator)
+            torch.randperm(n, generator=generator)  # RandomSampler's last (empty) slice draws one too
+        worker = _draw(generator)
+        self._order = torch.randperm(n, generator=generator).tolist()
+        return worker
+
+    def __iter__(self):
+        if self._order is None:
+            self.begin_epoch()
+        order, self._order = self._order[self.start:], None
+        self.start = 0
+        return iter(order)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, whose position in the epoch is part of every Lightning checkpoint.
+
+    Lightning saves ``state_dict()`` of a training loader that has one into each checkpoint
+    (``loops.fit_loop.state_dict.combined_loader``) and hands it to ``load_state_dict()`` when
+    ``fit`` resumes. The state is the epoch, the number of batches this loader has *yielded* in
+    it -- what the training loop consumed; worker processes read the sampler ahead -- and the
+    epoch's global draws; the resumed iteration of that epoch leaves those batches out. A
+    checkpoint of another epoch (one saved at an epoch's end) resumes at the next one's start.
+
+    Args:
+        dataset: the training samples.
+        sampler: an :class:`EpochShuffle` (a keyword, so that Lightning can put its own in place).
+        accumulation: micro batches per optimizer step; a checkpoint saved between two
+            optimizer steps lacks the gradients accumulated so far, and resuming from it warns.
+        **kwargs: DataLoader's other arguments (batch_size, collate_fn, workers, generator, ...).
+    """
+
+    def __init__(self, dataset: Dataset, *, sampler: EpochShuffle, accumulation: int = 1, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.accumulation = accumulation
+        self.epoch = 0  # the epoch of the current (or last) iteration
+        self.batches = 0  # batches of it yielded so far, those left out on resuming included
+        self._resume: dict[str, Any] | None = None  # a checkpoint's state, for the next iteration
+
+    def __iter__(self):
+        sampler = self.sampler
+        if not isinstance(sampler, EpochShuffle):  # Lightning put its own in place (overfit_batches)
+            yield from super().__iter__()
+            return
+        resume, self._resume = self._resume, None
+        resumed = resume is not None and resume["epoch"] == sampler.epoch
+        self.epoch, self.batches = sampler.epoch, resume["batches"] if resumed else 0
+        worker_seed = sampler.begin_epoch(resume["drawn"] if resumed else None)
+        sampler.start = self.batches * self.batch_size
+        if self.generator is not None:
+            self.generator.manual_seed(worker_seed)
+        for batch in super().__iter__():
+            self.batches += 1
+            yield batch
+
+    def _layout(self) -> dict[str, Any]:
+        """What must be the same for a saved position to mean the same samples."""
+        return {"batch_size": self.batch_size, "processes": self.sampler.num_replicas, "samples": len(self.dataset),
+                "seed": self.sampler.order_seed}
+
+    def state_dict(self) -> dict[str, Any]:
+        if not isinstance(self.sampler, EpochShuffle):
+            return {}
+        return {"epoch": self.epoch, "batches": self.batches, "drawn": self.sampler.drawn, **self._layout()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state or not isinstance(self.sampler, EpochShuffle):
+            return
+        wrong = [f"{key}: checkpoint {state.get(key)!r}, now {value!r}"
+                 for key, value in self._layout().items() if state.get(key) != value]
+        if wrong:
+            raise CheckpointError("the checkpoint's place in the training data does not fit this run (per-process "
+                                  "batch size, processes, training samples and shuffle seed must be the same):\n  "
+                                  + "\n  ".join(wrong))
+        if state["batches"] % self.accumulation:
+            warnings.warn(f"the checkpoint was saved after {state['batches']} micro batches of epoch "
+                          f"{state['epoch']}, between two optimizer steps (accumulation {self.accumulation}): the "
+                          "gradients accumulated since the last step are not in it, so the resumed run differs "
+                          "from an uninterrupted one", stacklevel=2)
+        self._resume = state

@@ -4,13 +4,21 @@ The JSON sidecar records the method, its configuration, the backbone modules it 
 the trainable count and a fingerprint of each frozen backbone (architecture hash + a hash
 of sampled weight values). Loading checks all of it, and every key and shape, before
 copying anything. Nothing is ever unpickled.
+
+Lightning checkpoints (`.ckpt`, for resuming) carry the same record, checked by the same
+`check_meta` when one is loaded (`PEFTModule.on_load_checkpoint`), the settings the module
+was built with (compared by `settings_diff`) and the random number generators' states
+(`rng_state`), which Lightning does not save.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -86,7 +94,33 @@ def load_adapter(pl_module, directory: str | os.PathLike, allow_backbone_mismatc
         saved = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{config_path}: not valid JSON ({err})") from None
-    current = pl_module.adapter_meta()
+    problems = check_meta(saved, pl_module.adapter_meta(), allow_backbone_mismatch,
+                          weights_hint="; pass allow_backbone_mismatch=True to load anyway")
+    if problems:
+        raise CheckpointError(f"{directory} does not fit this model:\n  " + "\n  ".join(problems))
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({err})") from None
+    expected = adapter_state(pl_module)
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    wrong_shape = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}"
+                   for k in sorted(set(tensors) & set(expected)) if tensors[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(
+            f"{weights_path} does not match the model's adapters: missing {missing[:3]} ({len(missing)}), "
+            f"unexpected {unexpected[:3]} ({len(unexpected)}), wrong shapes {wrong_shape[:3]}"
+        )
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(tensors[key].to(target.device, target.dtype))
+    return saved
+
+
+def check_meta(saved: dict, current: dict, allow_backbone_mismatch: bool = False, weights_hint: str = "") -> list[str]:
+    """What keeps a checkpoint's record (`adapter_meta`) from fitting a model's, one line per field:
+    method, method settings, targeted modules, frozen backbones (architecture, then weights;
+    `weights_hint` ends the line of a weights mismatch)."""
     problems = []
     if saved.get("method") != current["method"]:
         problems.append(f"method: checkpoint {saved.get('method')!r} vs model {current['method']!r}")
@@ -107,23 +141,49 @@ def load_adapter(pl_module, directory: str | os.PathLike, allow_backbone_mismatc
         elif not allow_backbone_mismatch and None not in (then.get("weights"), now["weights"]) \
                 and then["weights"] != now["weights"]:
             problems.append(f"backbone.{role}: same architecture but different weights (checkpoint trained "
-                            f"on {then.get('id')!r}); pass allow_backbone_mismatch=True to load anyway")
-    if problems:
-        raise CheckpointError(f"{directory} does not fit this model:\n  " + "\n  ".join(problems))
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    expected = adapter_state(pl_module)
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong_shape = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}"
-                   for k in sorted(set(tensors) & set(expected)) if tensors[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise CheckpointError(
-            f"{weights_path} does not match the model's adapters: missing {missing[:3]} ({len(missing)}), "
-            f"unexpected {unexpected[:3]} ({len(unexpected)}), wrong shapes {wrong_shape[:3]}"
-        )
-    with torch.no_grad():
-        for key, target in expected.items():
-            target.copy_(tensors[key].to(target.device, target.dtype))
-    return saved
+                            f"on {then.get('id')!r}){weights_hint}")
+    return problems
+
+
+def _plain(value):
+    """Settings as plain data: dataclasses as dicts, tuples as lists, private keys (`_class_path`,
+    `_instantiator`, which LightningCLI adds) left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def settings_diff(saved: Mapping, current: Mapping) -> list[str]:
+    """The settings (a module's hyperparameters) that differ between a checkpoint's and a module's,
+    one line per field, whether either side holds them as dataclasses or as plain dicts."""
+    return _diff(_plain(saved), _plain(current))
+
+
+def rng_state() -> dict:
+    """This process's random number generators: torch (CPU, and this process's CUDA device once
+    CUDA is in use), numpy and Python; plain tensors, lists and numbers, loadable with weights_only."""
+    import numpy as np
+
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what `rng_state` took."""
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])

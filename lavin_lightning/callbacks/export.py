@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 class ExportAdapter(Callback):
     """Write the adapter-only export at the end of fit, on rank 0.
 
+    Every process holds the trainable tensors whole (DDP replicates the model; the FSDP strategy,
+    `lavin_lightning.strategies.AdapterFSDPStrategy`, shards only the frozen backbone), so rank 0
+    writes them without gathering anything.
+
     Args:
         dirpath: target directory (default: `<trainer.default_root_dir>/adapter`).
     """
@@ -23,6 +27,15 @@ class ExportAdapter(Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        from torch.distributed.tensor import DTensor
+
+        # A strategy that shards the trainable tensors would leave each process a part of them.
+        sharded = [name for name, p in pl_module.named_parameters() if p.requires_grad and isinstance(p, DTensor)]
+        if sharded:
+            raise RuntimeError(
+                f"{type(trainer.strategy).__name__} shards trainable tensors ({sharded[:3]}, {len(sharded)} in all); "
+                "the adapter export needs them whole on rank 0: train with lavin_lightning.strategies."
+                "AdapterFSDPStrategy (experiments/base/trainer_fsdp.yaml), which keeps them whole")
         if not trainer.is_global_zero:
             return
         target = Path(self.dirpath or Path(trainer.default_root_dir) / "adapter")

@@ -7,22 +7,29 @@
 * The optimizer is AdamW with no weight decay on 1-D parameters; the learning rate is
   absolute, or `base_lr x global batch / 256` when a base lr is given; the schedule is a
   per-step linear warmup followed by a half-cycle cosine (the MAE/LaVIN recipe).
-* Lightning checkpoints hold only the trainable tensors (+ optimizer state); loading one
-  checks that its keys are exactly the trainable set.
+* Lightning checkpoints hold only the trainable tensors (+ optimizer state), the adapter
+  export's record (method, settings, targets, backbone fingerprints) and every process's random
+  number generators. Loading one checks the record as loading an export does, that the keys are
+  exactly the trainable set and that the module's settings are the checkpoint's; resuming `fit`
+  then continues the random streams where the checkpoint left them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lavin_lightning.adapters.core import Injection, mark_only_adapters_trainable
 from lavin_lightning.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,8 +87,10 @@ class PEFTModule(L.LightningModule):
         self.model: nn.Module | None = None
         self.injection: Injection | None = None
         self._trainable: dict[str, nn.Parameter] = {}
+        self._fingerprints: dict[str, dict] = {}
         # Checkpoints hold only adapter tensors; `on_load_checkpoint` checks them instead.
         self.strict_loading = False
+        self._resumed_rng: dict | None = None  # a checkpoint's RNG states, put back when training starts
 
     # -- building ---------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -109,6 +118,7 @@ class PEFTModule(L.LightningModule):
         self.model = model
         trainable = mark_only_adapters_trainable(self.model, self.injection.trained)
         self._trainable = {f"model.{k}": p for k, p in trainable.items()}
+        self._fingerprints = self._fingerprint_backbones()
         if self.adapter_path:
             from lavin_lightning.checkpoint import load_adapter
 
@@ -146,7 +156,8 @@ class PEFTModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         losses = self.training_losses(batch)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch["pids"]))
+            # The mean over processes: each holds a part of the global batch.
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch["pids"]), sync_dist=True)
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
@@ -196,23 +207,47 @@ class PEFTModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- checkpoints ------------------------------------------------------------------
-    def adapter_meta(self) -> dict:
-        """What an adapter checkpoint records besides tensors: the method, its settings, the
-        modules it targeted and a fingerprint of every frozen backbone."""
+    def _fingerprint_backbones(self) -> dict:
+        # Taken once, as built: the frozen weights never change afterwards, and a sharding
+        # strategy (FSDP) splits them across processes and may cast them for training.
         from lavin_lightning.checkpoint import fingerprint
 
+        return {role: {"id": name, **fingerprint(module)} for role, (name, module) in self.backbones().items()}
+
+    def adapter_meta(self) -> dict:
+        """What an adapter checkpoint records besides tensors: the method, its settings, the
+        modules it targeted and a fingerprint of every frozen backbone (as built)."""
         return {"method": self.method, "trainable_params": self.parameter_counts()["trainable"],
                 "config": asdict(self.adapter), "targets": list(self.injection.targets),
-                "backbone": {role: {"id": name, **fingerprint(module)}
-                             for role, (name, module) in self.backbones().items()}}
+                "backbone": self._fingerprints}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Called after the state dict is filled, whatever the strategy: filter here.
+        from lavin_lightning.checkpoint import rng_state
+
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self._trainable}
         checkpoint["adapter_meta"] = self.adapter_meta()
+        # Lightning saves no RNG state; every process's (dropout draws differ per process), by rank.
+        # Every process dumps the checkpoint (rank 0 writes it), so gathering here is collective.
+        states = [rng_state()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, rng_state())
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from lavin_lightning.checkpoint import check_meta, settings_diff
+
         self.configure_model()
+        trainer = self._trainer
+        source = f"checkpoint {trainer.ckpt_path}" if trainer is not None and trainer.ckpt_path else "checkpoint"
+        saved = checkpoint.get("adapter_meta")
+        if saved is None:
+            raise CheckpointError(f"the {source} has no adapter_meta (method, settings, backbone fingerprints): "
+                                  "not one that lavin-lightning wrote")
+        problems = check_meta(saved, self.adapter_meta())
+        if problems:
+            raise CheckpointError(f"the {source} does not fit this model:\n  " + "\n  ".join(problems))
         keys = set(checkpoint.get("state_dict", {}))
         unexpected = sorted(keys - self.trainable_names)
         missing = sorted(self.trainable_names - keys)
@@ -221,3 +256,37 @@ class PEFTModule(L.LightningModule):
                 f"checkpoint does not match this model's adapters: {len(missing)} missing "
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        conflicts = settings_diff(checkpoint.get("hyper_parameters", {}), self.hparams)
+        if conflicts and fitting:
+            raise CheckpointError(
+                f"resuming from the {source} with other settings than it was trained with:\n  "
+                + "\n  ".join(conflicts) + "\nresuming continues that run exactly: give its settings, or start a new "
+                "run from its trained adapters (the export of fit, model.init_args.adapter_path)")
+        if conflicts:
+            log.warning("the %s was trained with other settings; these of the model as configured are used:\n  %s",
+                        source, "\n  ".join(conflicts))
+        if fitting:
+            # Lightning's ModelCheckpoint forgets that this step is saved: with gradient accumulation
+            # it would save it again after the next micro batch, between two optimizer steps, over
+            # the checkpoint that resumes exactly.
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint):
+                    callback._last_global_step_saved = checkpoint["global_step"]
+            states = checkpoint.get("rng_states") or []
+            rank = trainer.global_rank
+            if len(states) == trainer.world_size:
+                self._resumed_rng = states[rank]
+            else:
+                log.warning("the %s holds the random number generators of %d processes, this run has %d: their "
+                            "streams (dropout) start afresh", source, len(states), trainer.world_size)
+
+    def on_train_start(self) -> None:
+        # The RNG streams go on from the checkpoint once the restart is done (model set-up, loaders),
+        # before the first batch and before a training loader without a seed draws the order of
+        # the next epoch from them.
+        if self._resumed_rng is not None:
+            from lavin_lightning.checkpoint import set_rng_state
+
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
