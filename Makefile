@@ -28,8 +28,8 @@ DEMO ?= all
 METHOD ?= excitor
 VQA_METHOD ?= petal
 
-.PHONY: help install lock test-latest demo test test-fast bench params smoke lint clean reproduce-table-1 \
-	reproduce-table-2 reproduce-instruction-tuning reproduce-petal
+.PHONY: help install lock test-latest demo test test-fast bench params smoke lint clean \
+	$(addprefix reproduce-table-,$(TABLES))
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -90,81 +90,73 @@ test: install ## the test suite (tiny backbones, CPU)
 test-fast: install ## the test suite without the slow tests
 	$(OFFLINE) $(BIN)/pytest -q -m "not slow"
 
-bench: install ## step time of every method vs the frozen backbone (same batch), decoding tokens/s, caption scoring
+bench: install ## step time of every method vs the frozen backbone, decoding tokens/s, caption scoring, DDP/FSDP scaling
 	$(OFFLINE) $(BIN)/python benchmarks/step_time.py
 	$(OFFLINE) $(BIN)/python benchmarks/caption_scoring.py --source synthetic
+	$(OFFLINE) $(BIN)/python benchmarks/distributed_scaling.py
 
 params: install ## trainable/total parameters of a config on the meta device: make params CFG=...
 	$(OFFLINE) $(BIN)/lavin-lightning params --config $(CFG)
 
-smoke: install ## fit + test the tiny config on CPU (builds the easy-VQA data first)
-	$(OFFLINE) $(BIN)/lavin-lightning prepare easy-vqa --out data/easy_vqa_scienceqa
-	$(OFFLINE) $(BIN)/lavin-lightning fit --config experiments/base/trainer_cpu.yaml --config $(CFG)
-	$(OFFLINE) $(BIN)/lavin-lightning test --config experiments/base/trainer_cpu.yaml --config $(CFG) \
-	  --model.init_args.adapter_path runs/tiny/adapter
+smoke: install ## LaVIN Table 1 as a smoke run: every row, tiny backbones, embedded data, CPU; prints the table
+	$(MAKE) --no-print-directory reproduce-table-lavin-1 SMOKE=1
 
 lint: install ## static checks
 	$(BIN)/ruff check lavin_lightning data_modules tests benchmarks
 
-# Rows of a table stack configs on the 7B/13B rows (each file's `# extends:` header says on what).
-L := experiments/lavin
-T1_sqa_lavin_7b := $(L)/sqa_lavin_7b.yaml
-T1_sqa_lavin_13b := $(L)/sqa_lavin_13b.yaml
-T1_sqa_lavin_13b_40ep := $(L)/sqa_lavin_13b.yaml $(L)/sqa_lavin_13b_40ep.yaml
+# Paper tables: `make reproduce-table-<table>` runs every row of experiments/tables/<table>/
+# (fit + test, or evaluation only for zero-shot rows), then prints paper | measured | delta and
+# writes runs/tables/<table>.md. ROWS=a,b runs some rows; SMOKE=1 runs the same rows with tiny
+# backbones on the embedded data on CPU (runs/tables-smoke). W&B logs online once `wandb login`
+# was run, else offline (WANDB_MODE= overrides).
+TABLES := lavin-1 lavin-2 lavin-3 lavin-4 lavin-5 lavin-6 excitor-3 excitor-4 excitor-5 excitor-mmlu petal-1 petal-2 petal-3 petal-4 petal-5
+REPRODUCE = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(if $(SMOKE),WANDB_MODE=$${WANDB_MODE:-offline}) \
+	$(BIN)/lavin-lightning reproduce $(1) $(if $(SMOKE),--smoke) $(if $(ROWS),--rows $(ROWS))
 
-reproduce-table-1: install ## LaVIN Table 1: fit + test every row, then paper vs measured (GPUs, weights, ScienceQA)
-	@for row in sqa_lavin_7b sqa_lavin_13b sqa_lavin_13b_40ep; do \
-	  case $$row in sqa_lavin_7b) stack="$(T1_sqa_lavin_7b)"; base=experiments/base/trainer_ddp.yaml;; \
-	    sqa_lavin_13b) stack="$(T1_sqa_lavin_13b)"; base=experiments/base/trainer_fsdp.yaml;; \
-	    sqa_lavin_13b_40ep) stack="$(T1_sqa_lavin_13b_40ep)"; base=experiments/base/trainer_fsdp.yaml;; esac; \
-	  cfg="--config $$base --config experiments/base/wandb.yaml"; \
-	  for f in $$stack; do cfg="$$cfg --config $$f"; done; \
-	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/$$row || exit 1; \
-	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/$$row \
-	    --model.init_args.adapter_path runs/$$row/adapter || exit 1; \
-	done
-	$(BIN)/lavin-lightning table lavin-table1 --runs runs
+reproduce-table-lavin-1: install ## LaVIN Table 1: ScienceQA test, LaVIN-7B/13B (3 rows)
+	$(call REPRODUCE,lavin-1)
 
-T2_text_only_captions := $(L)/sqa_lavin_7b.yaml $(L)/ablation_text_only_captions.yaml
-T2_vision_modality := $(L)/sqa_lavin_7b.yaml $(L)/ablation_vision_modality.yaml
-T2_joint_optimisation := $(T2_vision_modality) $(L)/ablation_joint_optimisation.yaml
-T2_vit_l14 := $(L)/sqa_lavin_7b.yaml $(L)/ablation_vit_l14.yaml
+reproduce-table-lavin-2: install ## LaVIN Table 2: ablations on ScienceQA (6 rows)
+	$(call REPRODUCE,lavin-2)
 
-reproduce-table-2: install ## LaVIN Table 2 ablation rows (ViT-B/16 and ViT-L/14 rows; the last two are Table 1's)
-	@for row in text_only_captions vision_modality joint_optimisation vit_l14; do \
-	  case $$row in text_only_captions) stack="$(T2_text_only_captions)";; vision_modality) stack="$(T2_vision_modality)";; \
-	    joint_optimisation) stack="$(T2_joint_optimisation)";; vit_l14) stack="$(T2_vit_l14)";; esac; \
-	  cfg="--config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml"; \
-	  for f in $$stack; do cfg="$$cfg --config $$f"; done; \
-	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/t2_$$row || exit 1; \
-	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/t2_$$row \
-	    --model.init_args.adapter_path runs/t2_$$row/adapter || exit 1; \
-	done
+reproduce-table-lavin-3: install ## LaVIN Table 3: ScienceQA without pre-training (2 rows; Table 1's runs)
+	$(call REPRODUCE,lavin-3)
 
-INSTRUCT_ROWS := experiments/excitor/alpaca_excitor_7b.yaml experiments/baselines/alpaca_llama_adapter_7b.yaml \
-	experiments/baselines/alpaca_lora_7b.yaml
+reproduce-table-lavin-4: install ## LaVIN Table 4: COCO captioning (1 row)
+	$(call REPRODUCE,lavin-4)
 
-reproduce-instruction-tuning: install ## Alpaca: Excitor, LLaMA-Adapter, LoRA; then MMLU + TruthfulQA, base vs adapted
-	@for cfg in $(INSTRUCT_ROWS); do \
-	  row=$$(basename $$cfg .yaml); \
-	  $(BIN)/lavin-lightning fit --config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml \
-	    --config $$cfg --trainer.default_root_dir runs/$$row || exit 1; \
-	  $(BIN)/lavin-lightning evaluate mc --config $$cfg --adapter runs/$$row/adapter --mmlu data/mmlu \
-	    --truthfulqa data/truthfulqa/mc_task.json --output runs/$$row/mc_report.json || exit 1; \
-	done
+reproduce-table-lavin-5: install ## LaVIN Table 5: zero-shot TruthfulQA and MME (2 rows)
+	$(call REPRODUCE,lavin-5)
 
-PETAL_ROWS ?= petal_flant5xxl petal_vicuna7b petal_release_flant5xxl full_flant5xxl head_flant5xxl lora_flant5xxl \
-	bottleneck_flant5xxl maple_flant5xxl
-PETAL_TASKS ?= okvqa aokvqa textvqa flickr30k textcaps
+reproduce-table-lavin-6: install ## LaVIN Table 6: training cost (2 rows; Table 1's runs)
+	$(call REPRODUCE,lavin-6)
 
-reproduce-petal: install ## PETAL's rows (methods x backbones) on its tasks: fit, then test with the official scorers
-	@for row in $(PETAL_ROWS); do for task in $(PETAL_TASKS); do \
-	  cfg="--config experiments/base/trainer_ddp.yaml --config experiments/base/wandb.yaml \
-	    --config experiments/petal/$$row.yaml --config experiments/petal/tasks/$$task.yaml"; \
-	  $(BIN)/lavin-lightning fit $$cfg --trainer.default_root_dir runs/petal/$$row/$$task || exit 1; \
-	  $(BIN)/lavin-lightning test $$cfg --trainer.default_root_dir runs/petal/$$row/$$task \
-	    --model.init_args.adapter_path runs/petal/$$row/$$task/adapter || exit 1; \
-	done; done
+reproduce-table-excitor-3: install ## LLaMA-Excitor Table 3: COCO captioning (1 row)
+	$(call REPRODUCE,excitor-3)
+
+reproduce-table-excitor-4: install ## LLaMA-Excitor Table 4: ScienceQA test (1 row)
+	$(call REPRODUCE,excitor-4)
+
+reproduce-table-excitor-5: install ## LLaMA-Excitor Table 5: image-encoder ablation on ScienceQA (3 rows)
+	$(call REPRODUCE,excitor-5)
+
+reproduce-table-excitor-mmlu: install ## LLaMA-Excitor Figure 5: MMLU vs LLaMA-7B after Alpaca (3 rows)
+	$(call REPRODUCE,excitor-mmlu)
+
+reproduce-table-petal-1: install ## PETAL Table 1: Flickr30K and TextCaps captioning (12 rows)
+	$(call REPRODUCE,petal-1)
+
+reproduce-table-petal-2: install ## PETAL Table 2: A-OKVQA, TextVQA, OK-VQA (12 rows)
+	$(call REPRODUCE,petal-2)
+
+reproduce-table-petal-3: install ## PETAL Table 3: 50/150-shot tuning (6 rows)
+	$(call REPRODUCE,petal-3)
+
+reproduce-table-petal-4: install ## PETAL Table 4: ablations (5 rows)
+	$(call REPRODUCE,petal-4)
+
+reproduce-table-petal-5: install ## PETAL Table 5: training time vs full tuning (4 rows)
+	$(call REPRODUCE,petal-5)
 
 clean: ## remove runs and caches (keeps .venv)
 	rm -rf runs lightning_logs .pytest_cache

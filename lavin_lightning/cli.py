@@ -23,6 +23,7 @@ COMMANDS = {
     "params": ("params", "trainable and total parameters of a config, built on the meta device"),
     "score": ("score", "score a predictions file with the official evaluator (ScienceQA, VQA, captions)"),
     "prepare": ("prepare", "build the embedded data sets (easy-VQA layouts, the instruction set)"),
+    "reproduce": ("reproduce", "run every row of a paper table (fit + test), then paper | measured | delta"),
     "table": ("tables", "a paper table: published values next to the measured ones"),
     "evaluate": ("evaluate", "multiple-choice log-likelihood evaluation (MMLU, TruthfulQA), base vs adapted"),
     "chat": ("chat", "talk to a trained model, streamed (text, or text and an image)"),
@@ -45,8 +46,11 @@ def lightning_main(args: list[str] | None) -> None:
     from lavin_lightning.config import SuiteCLI
     from lavin_lightning.models.base import PEFTModule
 
-    SuiteCLI(PEFTModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-             save_config_kwargs={"overwrite": True})
+    try:
+        SuiteCLI(PEFTModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+                 save_config_kwargs={"overwrite": True})
+    except (ConfigError, DataError, CheckpointError) as err:  # their message is the whole story, as for commands
+        raise SystemExit(f"error: {err}") from None
 
 
 def finish_wandb() -> None:
@@ -67,7 +71,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     name = argv[0]
     if name in LIGHTNING:
+        from lavin_lightning.config import expand_config_args
+
+        try:
+            argv = expand_config_args(argv)  # a table row's `# extends:` files come with it
+        except ConfigError as err:
+            raise SystemExit(f"error: {err}") from None
         # From the shell LightningCLI reads sys.argv itself (handing it `args` too makes it warn).
+        if from_command_line:
+            sys.argv[1:] = argv
         lightning_main(None if from_command_line else argv)
         finish_wandb()
         return

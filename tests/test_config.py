@@ -43,3 +43,20 @@ def test_demos_find_their_methods_and_swap_in_the_embedded_backbones():
     assert lavin.optim.lr == 1e-3 and lavin.adapter.temperature == 10.0  # the tiny config's, overridden
     petal = embedded_module("petal")
     assert petal.backbone_spec.config == "small" and petal.adapter.rank == 32
+
+
+def test_build_module_seeds_like_lightning_cli_so_random_backbones_match_their_adapter():
+    """`evaluate` and `chat` build the module outside LightningCLI: with the config's seed, a
+    backbone built from a config gets the weights the adapter was trained on."""
+    import torch
+
+    from lavin_lightning.config import build_module
+
+    config = load_configs([str(REPO / "experiments/tiny/excitor_tiny.yaml")])
+    built = []
+    for _ in range(2):
+        torch.manual_seed(123 + len(built))  # whatever the state before
+        module = build_module(config)
+        module.configure_model()
+        built.append(module.model.llm.get_input_embeddings().weight.detach().clone())
+    assert torch.equal(built[0], built[1])

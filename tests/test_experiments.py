@@ -12,7 +12,9 @@ from lavin_lightning.cli import main
 from lavin_lightning.commands.params import main as params_main
 
 ROW_CONFIGS = sorted((REPO / "experiments").glob("*/*.yaml"))
-ROW_CONFIGS = [p for p in ROW_CONFIGS if p.parent.name != "base"]
+# Method recipes; base/ holds trainers, smoke/ the embedded-data overlays of smoke runs (tested
+# with the table runner), tables/ the paper-table rows (tests/commands/test_tables.py).
+ROW_CONFIGS = [p for p in ROW_CONFIGS if p.parent.name not in ("base", "smoke")]
 TASK_CONFIGS = sorted((REPO / "experiments" / "petal" / "tasks").glob("*.yaml"))
 BASE_CONFIGS = sorted((REPO / "experiments" / "base").glob("*.yaml"))
 

@@ -27,6 +27,10 @@ NAMED_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "clip-vit-l/14": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                           num_attention_heads=16, patch_size=14, image_size=224,
                           projection_dim=768, **_CLIP_COMMON),
+    # LLaMA-Excitor's "@336px" encoder: ViT-L/14 at 336 px (577 tokens).
+    "clip-vit-l/14-336": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                              num_attention_heads=16, patch_size=14, image_size=336,
+                              projection_dim=768, **_CLIP_COMMON),
     "clip-vit-b/16": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                           num_attention_heads=12, patch_size=16, image_size=224,
                           projection_dim=512, **_CLIP_COMMON),
@@ -41,6 +45,7 @@ NAMED_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
 
 # Where the real weights of a named config live on the Hugging Face hub (for error messages).
 _CLIP_HUB_IDS = {"clip-vit-l/14": "openai/clip-vit-large-patch14",
+                 "clip-vit-l/14-336": "openai/clip-vit-large-patch14-336",
                  "clip-vit-b/16": "openai/clip-vit-base-patch16"}
 
 # The fields that define a CLIP vision tower's architecture (fingerprint, consistency check).
