@@ -60,6 +60,15 @@ def adapter_state(pl_module) -> dict[str, torch.Tensor]:
     return {name.removeprefix("model."): p.detach() for name, p in pl_module._trainable.items()}
 
 
+def adapter_file_size(pl_module) -> int:
+    """Bytes of the adapter.safetensors that `save_adapter` writes, without the tensors' values
+    (counted on the meta device too): the same names, shapes and fp32 dtype, serialised as zeros."""
+    from safetensors.torch import save
+
+    zeros = {name: torch.zeros(p.shape, dtype=torch.float32) for name, p in adapter_state(pl_module).items()}
+    return len(save(zeros, metadata={"format": "pt"}))
+
+
 def save_adapter(pl_module, directory: str | os.PathLike) -> Path:
     """Write adapter.safetensors + adapter_config.json into `directory`; return it."""
     directory = Path(directory)

@@ -13,7 +13,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -251,10 +250,7 @@ def parameter_report(module: PEFTModule) -> dict:
         group = groups.setdefault(key, {"total": 0, "trainable": 0})
         group["total"] += param.numel()
         group["trainable"] += param.numel() if name in trainable else 0
-    counts = module.parameter_counts()
-    # The adapter export holds the trainable tensors in fp32: serialise zeros to measure it.
-    from safetensors.torch import save
+    from lavin_lightning.checkpoint import adapter_file_size
 
-    zeros = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in module._trainable.items()}
-    return {"method": module.method, "groups": groups, **counts,
-            "adapter_file_bytes": len(save(zeros, metadata={"format": "pt"}))}
+    return {"method": module.method, "groups": groups, **module.parameter_counts(),
+            "adapter_file_bytes": adapter_file_size(module)}

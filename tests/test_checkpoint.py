@@ -122,3 +122,12 @@ def test_lightning_checkpoint_holds_only_trainable_tensors_and_reloads(make_tiny
     with pytest.raises(CheckpointError, match="unexpected"):
         torch.manual_seed(0)
         type(module).load_from_checkpoint(tmp_path / "tampered.ckpt", weights_only=False)
+
+
+def test_adapter_file_size_is_the_size_of_the_export(make_tiny_lavin, tmp_path):
+    """`params` and the cost callback report it without writing the file."""
+    from lavin_lightning.checkpoint import adapter_file_size
+
+    module = make_tiny_lavin()
+    save_adapter(module, tmp_path)
+    assert adapter_file_size(module) == (tmp_path / ADAPTER_WEIGHTS).stat().st_size

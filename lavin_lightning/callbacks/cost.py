@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
+from lavin_lightning.checkpoint import ADAPTER_WEIGHTS, adapter_file_size
 from lavin_lightning.io import write_json
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,6 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return (peak if sys.platform == "darwin" else peak * 1024), "cpu_peak_rss"
-
-
-def adapter_bytes(pl_module, export: Path) -> int:
-    if export.is_file():
-        return export.stat().st_size
-    from safetensors.torch import save
-
-    zeros = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in pl_module._trainable.items()}
-    return len(save(zeros, metadata={"format": "pt"}))
 
 
 class RunCost(Callback):
@@ -70,6 +62,7 @@ class RunCost(Callback):
         devices = trainer.world_size
         counts = pl_module.parameter_counts()
         root = Path(trainer.default_root_dir)
+        export = root / "adapter" / ADAPTER_WEIGHTS
         cost = {
             "trainable_params": counts["trainable"],
             "total_params": counts["total"],
@@ -78,7 +71,7 @@ class RunCost(Callback):
             "wall_hours": round(wall_hours, 5),
             "devices": devices,
             "device_hours": round(wall_hours * devices, 5),
-            "adapter_bytes": adapter_bytes(pl_module, root / "adapter" / "adapter.safetensors"),
+            "adapter_bytes": export.stat().st_size if export.is_file() else adapter_file_size(pl_module),
             "accelerator": pl_module.device.type,
         }
         write_json(root / "cost.json", cost)

@@ -103,7 +103,7 @@ def _tasks_of_row(table: Table, expected: dict) -> list[Task]:
     """The tasks that hold at least one column the paper printed a value for in this row."""
     printed = {label for label, value in expected.items() if paper_number(value) is not None}
     wanted = [t for t in table.tasks
-              if not t.name or any(c.task == t.name and (c.label in printed or c.mean_of) for c in table.columns)]
+              if not t.name or any(c.task == t.name and c.label in printed for c in table.columns)]
     return wanted or list(table.tasks[:1])
 
 
