@@ -13,9 +13,12 @@ Two templates, selected by name:
 A conversation is a list of ``(user, assistant)`` turns. The first user turn renders as
 the template's prompt, later ones as a short continuation; every assistant answer is
 supervised together with the EOS id that follows it. ``encode_conversation`` (one
-conversation) and ``encode_records`` (many, one tokenizer call) tokenise segment by segment,
-so a chat history plus a new user turn (assistant None) encodes exactly as the prefix of the
-training sample for the same turns.
+conversation) and ``encode_records`` (many, one tokenizer call) tokenise turn by turn: a
+user segment on its own, its answer as the releases do, jointly with the user segment
+(``ids(user + answer)`` after the first ``len(ids(user))``), so that a SentencePiece
+tokenizer, which puts a dummy "▁" before every string it encodes, does not give the answer
+one more. A chat history plus a new user turn (assistant None) therefore encodes exactly as
+the prefix of the training sample for the same turns.
 """
 
 from __future__ import annotations
@@ -150,10 +153,29 @@ def encode_conversation(
     """
     check_max_seq_len(max_seq_len)
     segments = conversation_segments(template, turns, input_text)
-    ids = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
+    ids = segment_ids(tokenizer, [segments])[0]
     encoded = encode_segments(list(zip(ids, [answer for _, answer in segments])), tokenizer.bos_token_id,
                               eos_token_id(tokenizer), max_seq_len)
     return encoded.input_ids, encoded.labels, encoded.truncated
+
+
+def segment_ids(tokenizer, conversations: Sequence[Sequence[tuple[str, bool]]]) -> list[list[list[int]]]:
+    """Token ids of every segment of every conversation, in one tokenizer call: a user segment
+    encoded on its own, an answer jointly with the user segment before it (the ids after the
+    user segment's own), as the releases encode prompt + answer."""
+    texts: list[str] = []
+    for segments in conversations:
+        for index, (text, is_answer) in enumerate(segments):
+            texts.append(segments[index - 1][0] + text if is_answer and index > 0 else text)
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    out = []
+    for segments in conversations:
+        ids: list[list[int]] = []
+        for index, (_, is_answer) in enumerate(segments):
+            own = list(next(encoded))
+            ids.append(own[len(ids[index - 1]):] if is_answer and index > 0 else own)
+        out.append(ids)
+    return out
 
 
 def encode_records(
@@ -175,8 +197,7 @@ def encode_records(
     ``instruction_max_len`` ids).
     """
     segments = [conversation_segments(template, r.turns, r.input_text) for r in records]
-    texts = [text for parts in segments for text, _ in parts]
-    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    ids = iter(segment_ids(tokenizer, segments))
     instructions = iter([None] * len(records))
     if instruction_tokenizer is not None and records:
         instructions = iter(instruction_tokenizer([r.turns[0][0] + instruction_suffix for r in records],
@@ -184,8 +205,8 @@ def encode_records(
     bos, eos = tokenizer.bos_token_id, eos_token_id(tokenizer)
     samples, truncated, dropped = [], 0, 0
     for record, parts in zip(records, segments):
-        input_ids, labels, cut, _ = encode_segments([(next(ids), answer) for _, answer in parts], bos, eos,
-                                                    max_seq_len)
+        input_ids, labels, cut, _ = encode_segments(list(zip(next(ids), [answer for _, answer in parts])), bos,
+                                                    eos, max_seq_len)
         instruction_ids = next(instructions)
         truncated += cut
         # Only a cut sample can lose all its targets (an uncut one keeps at least EOS).

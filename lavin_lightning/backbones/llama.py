@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from gguf import GGUFReader, GGUFValueType
+from tokenizers import decoders, models, normalizers, pre_tokenizers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from lavin_lightning.backbones.tiny import TINY_VOCAB_SIZE, byte_tokenizer
 from lavin_lightning.errors import ConfigError
@@ -123,12 +125,66 @@ def _require_path(spec: LLMSpec) -> Path:
 
 
 def load_tokenizer(spec: LLMSpec):
-    """The tokenizer that goes with `spec` (byte-level for config-built models)."""
+    """The tokenizer that goes with `spec` (byte-level for config-built models).
+
+    A SentencePiece LLaMA tokenizer encodes exactly as the original one (see
+    `_match_sentencepiece`); every other tokenizer is returned as transformers builds it.
+    """
     if not spec.path:
         return byte_tokenizer()
     root = _require_path(spec)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
-    return AutoTokenizer.from_pretrained(root, local_files_only=True, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, **kwargs)
+    dummy_prefix = _sentencepiece_dummy_prefix(tokenizer, root, spec.gguf_file)
+    if dummy_prefix is not None:
+        _match_sentencepiece(tokenizer, dummy_prefix)
+    return tokenizer
+
+
+def _sentencepiece_dummy_prefix(tokenizer, root: Path, gguf_file: str | None) -> bool | None:
+    """Whether SentencePiece prepends its dummy "▁", for a SentencePiece LLaMA tokenizer that
+    transformers built with a Metaspace pre-tokenizer (its LlamaTokenizer, also used for GGUF
+    files with `tokenizer.ggml.model == "llama"`); None for any other tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    metaspace = getattr(backend, "pre_tokenizer", None)
+    if not (isinstance(metaspace, pre_tokenizers.Metaspace) and not metaspace.split
+            and backend.normalizer is None and isinstance(backend.model, models.BPE)):
+        return None
+    if gguf_file:
+        fields = GGUFReader(root / gguf_file).fields
+        if _gguf_scalar(fields, "tokenizer.ggml.model") != "llama":
+            return None
+        add_space_prefix = _gguf_scalar(fields, "tokenizer.ggml.add_space_prefix")
+        return True if add_space_prefix is None else bool(add_space_prefix)
+    if isinstance(tokenizer, LlamaTokenizer) or (root / "tokenizer.model").is_file():
+        return metaspace.prepend_scheme != "never"
+    return None
+
+
+def _gguf_scalar(fields, key: str):
+    """A string or scalar metadata value of a GGUF file (GGUFReader's fields), None if absent."""
+    field = fields.get(key)
+    if field is None:
+        return None
+    value = field.parts[field.data[0]]
+    return bytes(value).decode("utf-8") if field.types[0] == GGUFValueType.STRING else value[0].item()
+
+
+def _match_sentencepiece(tokenizer, dummy_prefix: bool) -> None:
+    """Encode as SentencePiece does: "▁" before the whole text, every space -> "▁", no pre-split.
+
+    Metaspace(prepend_scheme="first") prepends "▁" only when the text does not already start
+    with one, so text with leading spaces loses SentencePiece's dummy prefix: " Hello" gives
+    [15043] instead of [29871, 15043], "  Hello" [29871, 15043] instead of [259, 15043]. The
+    normalizer below always prepends (the form transformers 4 wrote into LLaMA's
+    tokenizer.json); the decoder undoes it.
+    """
+    backend = tokenizer.backend_tokenizer
+    prepend = [normalizers.Prepend("▁")] if dummy_prefix else []
+    backend.normalizer = normalizers.Sequence([*prepend, normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    strip = [decoders.Strip(" ", 1, 0)] if dummy_prefix else []  # the dummy prefix's space, once
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip])
 
 
 def load_causal_lm(spec: LLMSpec) -> LlamaForCausalLM:

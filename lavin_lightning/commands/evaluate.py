@@ -25,15 +25,15 @@ Choices shared by both:
 
 * The prediction is the argmax of the summed log-likelihoods; on a tie the **first**
   maximum (lowest choice index) wins, so results are deterministic.
-* Context and continuation are tokenised **separately** (``add_special_tokens=False``) and
+* The continuation's tokens are those of ``context + continuation`` after the context's own
+  (``add_special_tokens=False``), as lm-evaluation-harness encodes a pair: a SentencePiece
+  tokenizer, which puts a dummy "▁" before every string it encodes, would give a separately
+  encoded " A" one more token than running text has. Context and continuation are then
   concatenated after an optional BOS by the data modules' encoder
   (:func:`~data_modules.batching.encode_segments`: the continuation is the answer, with no
-  EOS), so the scored tokens are exactly the continuation's own. Trailing whitespace of the
-  context is first moved to the front of the continuation, as lm-evaluation-harness does: a
-  tokenizer would otherwise merge it with the following word in running text, never leave it
-  dangling at the end of the context. (With SentencePiece, a separately tokenised continuation
-  can start with a lone "▁" piece; every candidate of a question then gets the same extra
-  token after the same context, so the argmax is unaffected.)
+  EOS). Trailing whitespace of the context is first moved to the front of the continuation,
+  as lm-evaluation-harness does: a tokenizer would otherwise merge it with the following word
+  in running text, never leave it dangling at the end of the context.
 * A row longer than ``max_length`` loses context tokens from the left (BOS kept); the
   continuation is never cut.
 
@@ -199,7 +199,7 @@ class _RowEncoder:
     continuation is the answer (no EOS), the context the prompt, cut from the left to fit.
 
     Rows keep the context tensor shared by a question's candidates; the ids are laid out when a
-    batch is collated. Continuations are cached (" A" recurs).
+    batch is collated.
     """
 
     def __init__(self, tokenizer, max_length: int | None):
@@ -208,7 +208,6 @@ class _RowEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_id = pad_token_id(tokenizer)
-        self._continuations: dict[str, tuple[int, ...]] = {}
 
     def encode(self, context_ids: Sequence[int], continuation: Sequence[int], where: str):
         return encode_segments([(context_ids, False), (continuation, True)], self.tokenizer.bos_token_id, None,
@@ -224,10 +223,7 @@ class _RowEncoder:
         for j, continuation in enumerate(continuations):
             if not continuation:
                 raise DataError(f"{where}, choice {j}: the continuation is empty")
-            text = moved + continuation
-            ids = self._continuations.get(text)
-            if ids is None:
-                ids = self._continuations[text] = tuple(_tokens(self.tokenizer, text))
+            ids = tuple(_tokens(self.tokenizer, stripped + moved + continuation)[len(context_ids):])
             if not ids:
                 raise DataError(f"{where}, choice {j}: continuation {continuation!r} tokenises to nothing")
             encoded = self.encode(context_ids, ids, f"{where}, choice {j}")
@@ -249,12 +245,12 @@ def build_loglik_batch(tokenizer, pairs: Sequence[tuple[str, str]], max_length: 
     """A right-padded batch that marks each pair's continuation tokens in ``labels``.
 
     Row ``i`` is ``[BOS] + tokens(context) + tokens(continuation)`` (BOS only if the tokenizer
-    has one; both parts tokenised separately, after moving the context's trailing whitespace
-    to the continuation). Keys: ``input_ids``, ``attention_mask``, ``labels`` (B, T) long --
-    labels are ``IGNORE_INDEX`` except at the continuation, not shifted --, ``has_image`` (B,)
-    all False, and ``pids`` (the pair indices as strings). Padding uses ``pad_token_id``,
-    else ``eos_token_id``. A row longer than ``max_length`` loses context tokens from the
-    left; BOS and the continuation are kept.
+    has one; the continuation's tokens are those of context + continuation after the context's,
+    the context's trailing whitespace moved to the continuation). Keys: ``input_ids``,
+    ``attention_mask``, ``labels`` (B, T) long -- labels are ``IGNORE_INDEX`` except at the
+    continuation, not shifted --, ``has_image`` (B,) all False, and ``pids`` (the pair indices
+    as strings). Padding uses ``pad_token_id``, else ``eos_token_id``. A row longer than
+    ``max_length`` loses context tokens from the left; BOS and the continuation are kept.
     """
     if not pairs:
         raise ConfigError("build_loglik_batch needs at least one (context, continuation) pair")
