@@ -29,7 +29,8 @@ METHOD ?= excitor
 VQA_METHOD ?= petal
 
 .PHONY: help install lock test-latest demo test test-fast bench params smoke lint clean \
-	$(addprefix reproduce-table-,$(TABLES))
+	$(addprefix reproduce-table-,$(TABLES)) reproduce-release-lavin-sqa-7b reproduce-release-lavin-sqa-7b-vicuna \
+	reproduce-release-lavin-sqa-13b reproduce-release-llama-adapter
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -109,7 +110,7 @@ lint: install ## static checks
 # writes runs/tables/<table>.md. ROWS=a,b runs some rows; SMOKE=1 runs the same rows with tiny
 # backbones on the embedded data on CPU (runs/tables-smoke). W&B logs online once `wandb login`
 # was run, else offline (WANDB_MODE= overrides).
-TABLES := lavin-1 lavin-2 lavin-3 lavin-4 lavin-5 lavin-6 excitor-3 excitor-4 excitor-5 excitor-mmlu petal-1 petal-2 petal-3 petal-4 petal-5
+TABLES := lavin-1 lavin-2 lavin-3 lavin-4 lavin-5 lavin-6 lavin-release excitor-3 excitor-4 excitor-5 excitor-mmlu petal-1 petal-2 petal-3 petal-4 petal-5
 REPRODUCE = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(if $(SMOKE),WANDB_MODE=$${WANDB_MODE:-offline}) \
 	$(BIN)/lavin-lightning reproduce $(1) $(if $(SMOKE),--smoke) $(if $(ROWS),--rows $(ROWS))
 
@@ -130,6 +131,37 @@ reproduce-table-lavin-5: install ## LaVIN Table 5: zero-shot TruthfulQA and MME 
 
 reproduce-table-lavin-6: install ## LaVIN Table 6: training cost (2 rows; Table 1's runs)
 	$(call REPRODUCE,lavin-6)
+
+reproduce-table-lavin-release: install ## LaVIN's released ScienceQA checkpoints, imported and tested release-exact (3 rows)
+	$(call REPRODUCE,lavin-release)
+
+# The authors' released checkpoints (README, "Released checkpoints"): import the file, then
+# evaluate it as its release does. Every missing weight, data or release file is named first.
+RELEASE = HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/lavin-lightning reproduce lavin-release --rows $(1)
+
+reproduce-release-lavin-sqa-7b: install ## LaVIN-7B's released ScienceQA adapter (Model Zoo: 89.37)
+	$(call RELEASE,sqa_7b)
+
+reproduce-release-lavin-sqa-7b-vicuna: install ## LaVIN-7B (Vicuna)'s released ScienceQA adapter (Model Zoo: 89.41)
+	$(call RELEASE,sqa_7b_vicuna)
+
+reproduce-release-lavin-sqa-13b: install ## LaVIN-13B's released ScienceQA adapter (Model Zoo: 90.54)
+	$(call RELEASE,sqa_13b)
+
+LLAMA_ADAPTER_RELEASE ?= weights/releases/llama-adapter/llama_adapter_len10_layer30_release.pth
+LLAMA_ADAPTER_RUN := runs/releases/llama-adapter
+PROMPTS ?= experiments/releases/instructions.jsonl
+reproduce-release-llama-adapter: install ## LLaMA-Adapter v1's released adapter: responses to PROMPTS, raw and tanh gate
+	$(OFFLINE) $(BIN)/lavin-lightning import llama-adapter-release --checkpoint $(LLAMA_ADAPTER_RELEASE) --gate tanh \
+	  --config experiments/baselines/alpaca_llama_adapter_7b.yaml --out $(LLAMA_ADAPTER_RUN)/adapter --overwrite
+	@for gate in raw tanh; do \
+	  $(OFFLINE) $(BIN)/lavin-lightning predict --config experiments/releases/trainer_release_predict.yaml \
+	    --config experiments/baselines/alpaca_llama_adapter_7b.yaml --config experiments/base/predict_prompts.yaml \
+	    --data.init_args.path $(PROMPTS) --model.init_args.adapter.gate $$gate \
+	    --model.init_args.adapter_path $(LLAMA_ADAPTER_RUN)/adapter \
+	    --trainer.default_root_dir $(LLAMA_ADAPTER_RUN)/gate-$$gate || exit 1; \
+	done
+	@echo "responses: $(LLAMA_ADAPTER_RUN)/gate-raw/predictions.jsonl (the release's inference) and gate-tanh/ (as trained)"
 
 reproduce-table-excitor-3: install ## LLaMA-Excitor Table 3: COCO captioning (1 row)
 	$(call REPRODUCE,excitor-3)

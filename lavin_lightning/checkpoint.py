@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 from collections.abc import Mapping
@@ -32,6 +33,8 @@ from lavin_lightning.io import atomic_write, write_json
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT_VERSION = 2  # 2 records the targeted modules
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint(module: nn.Module) -> dict:
@@ -69,13 +72,20 @@ def adapter_file_size(pl_module) -> int:
     return len(save(zeros, metadata={"format": "pt"}))
 
 
-def save_adapter(pl_module, directory: str | os.PathLike) -> Path:
-    """Write adapter.safetensors + adapter_config.json into `directory`; return it."""
+def save_adapter(pl_module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write adapter.safetensors + adapter_config.json into `directory`; return it.
+
+    `extra`: further top-level entries of the JSON record (e.g. `release`: where imported
+    weights came from); they may not replace the record's own fields."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.to("cpu").contiguous() for k, v in adapter_state(pl_module).items()}
     meta = {"format_version": FORMAT_VERSION, **pl_module.adapter_meta(),
             "shapes": {k: list(v.shape) for k, v in tensors.items()}}
+    clashes = sorted(set(extra or {}) & set(meta))
+    if clashes:
+        raise ValueError(f"save_adapter: extra entries {clashes} would replace the record's own fields")
+    meta.update(extra or {})
+    directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     write_json(directory / ADAPTER_CONFIG, meta)
     return directory
@@ -107,6 +117,8 @@ def load_adapter(pl_module, directory: str | os.PathLike, allow_backbone_mismatc
                           weights_hint="; pass allow_backbone_mismatch=True to load anyway")
     if problems:
         raise CheckpointError(f"{directory} does not fit this model:\n  " + "\n  ".join(problems))
+    for change in evaluation_setting_changes(saved, pl_module.adapter_meta()):
+        log.warning("%s: evaluated with another setting than it records (the model's is used): %s", directory, change)
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
@@ -133,7 +145,8 @@ def check_meta(saved: dict, current: dict, allow_backbone_mismatch: bool = False
     problems = []
     if saved.get("method") != current["method"]:
         problems.append(f"method: checkpoint {saved.get('method')!r} vs model {current['method']!r}")
-    problems += _diff(saved.get("config", {}), current.get("config", {}), "config.")
+    problems += [line for line in _diff(saved.get("config", {}), current.get("config", {}), "config.")
+                 if line not in evaluation_setting_changes(saved, current)]
     if "targets" in saved and set(saved["targets"]) != set(current["targets"]):  # format 1 did not record them
         missing = sorted(set(current["targets"]) - set(saved["targets"]))
         extra = sorted(set(saved["targets"]) - set(current["targets"]))
@@ -152,6 +165,16 @@ def check_meta(saved: dict, current: dict, allow_backbone_mismatch: bool = False
             problems.append(f"backbone.{role}: same architecture but different weights (checkpoint trained "
                             f"on {then.get('id')!r}){weights_hint}")
     return problems
+
+
+def evaluation_setting_changes(saved: dict, current: dict) -> list[str]:
+    """The settings that differ between a checkpoint's record and a model's and that the model
+    declares choices of evaluation (`evaluation_settings`: e.g. the release's ViT routing), one
+    line each. They do not keep the checkpoint from loading; the model's value is used."""
+    names = set(current.get("evaluation_settings", ()))
+    saved_config, config = saved.get("config", {}), current.get("config", {})
+    return [f"config.{name}: checkpoint {saved_config.get(name)!r} vs model {config.get(name)!r}"
+            for name in sorted(names) if name in saved_config and saved_config[name] != config.get(name)]
 
 
 def _plain(value):

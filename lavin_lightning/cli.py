@@ -27,6 +27,7 @@ COMMANDS = {
     "table": ("tables", "a paper table: published values next to the measured ones"),
     "evaluate": ("evaluate", "multiple-choice log-likelihood evaluation (MMLU, TruthfulQA), base vs adapted"),
     "chat": ("chat", "talk to a trained model, streamed (text, or text and an image)"),
+    "import": ("import_release", "turn the authors' released LaVIN / LLaMA-Adapter weights into an adapter export"),
     "demo": ("demo", "the main jobs on the embedded default: LaVIN, instruction tuning, PETAL"),
 }
 

@@ -12,11 +12,12 @@ from lavin_lightning.cli import main
 from lavin_lightning.commands.params import main as params_main
 
 ROW_CONFIGS = sorted((REPO / "experiments").glob("*/*.yaml"))
-# Method recipes; base/ holds trainers, smoke/ the embedded-data overlays of smoke runs (tested
-# with the table runner), tables/ the paper-table rows (tests/commands/test_tables.py).
-ROW_CONFIGS = [p for p in ROW_CONFIGS if p.parent.name not in ("base", "smoke")]
+# Method recipes; base/ and releases/ hold trainers and overlays, smoke/ the embedded-data overlays
+# of smoke runs (tested with the table runner), tables/ the paper-table rows (tests/commands/test_tables.py).
+ROW_CONFIGS = [p for p in ROW_CONFIGS if p.parent.name not in ("base", "smoke", "releases")]
 TASK_CONFIGS = sorted((REPO / "experiments" / "petal" / "tasks").glob("*.yaml"))
-BASE_CONFIGS = sorted((REPO / "experiments" / "base").glob("*.yaml"))
+BASE_CONFIGS = sorted((REPO / "experiments" / "base").glob("*.yaml")) + \
+    sorted((REPO / "experiments" / "releases").glob("*.yaml"))
 
 
 def config_stack(path: Path) -> list[str]:

@@ -6,6 +6,8 @@ gate g, zero at init, scales it through tanh:
 
     out = softmax(Q K_tok^T / sqrt(d) + mask) V_tok  +  tanh(g) * softmax(Q (W_k P)^T / sqrt(d)) W_v P
 
+(the release's inference code multiplies by g itself: `gate: raw`)
+
 The first term is the backbone's own attention (same function, same arithmetic), so with
 g = 0 the model is the backbone exactly. The prompts and the gate of a layer are owned by
 its attention module (`self_attn.adaption_prompt`); `llama_adapter_attention` is registered
@@ -20,6 +22,7 @@ the LLM's forward, which transformers hands on to every attention call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -50,26 +53,42 @@ class LlamaAdapterConfig:
         layers: number of topmost layers that get prompts (L; 30 of LLaMA-7B's 32); None = all.
         prompt_length: prompts per layer (K).
         prompt_init_std: std of the prompts' normal init (the release's nn.Embedding: 1).
+        gate: what scales the prompt branch: "tanh" of the gate parameter (the release's
+            training code, the paper) or the "raw" parameter (the release's inference code,
+            `llama/model.py`). A choice of evaluation: an adapter loads with either.
     """
 
     layers: int | None = 30
     prompt_length: int = 10
     prompt_init_std: float = 1.0
+    gate: Literal["tanh", "raw"] = "tanh"
+
+    # Settings an exported adapter may be evaluated with otherwise (checkpoint.check_meta).
+    EVALUATION_SETTINGS: ClassVar[tuple[str, ...]] = ("gate",)
 
     def __post_init__(self):
         if (self.layers is not None and self.layers < 1) or self.prompt_length < 1:
             raise ConfigError(f"LlamaAdapterConfig needs layers >= 1 and prompt_length >= 1, got {self}")
+        if self.gate not in ("tanh", "raw"):
+            raise ConfigError(f"LlamaAdapterConfig.gate must be 'tanh' or 'raw', got {self.gate!r}")
 
 
 class AdaptionPrompt(AdapterModule):
-    """One layer's prompts (K, C) and zero-initialised per-head gate (H,)."""
+    """One layer's prompts (K, C) and zero-initialised per-head gate (H,), applied through
+    tanh or raw (`gate_activation`)."""
 
-    def __init__(self, prompt_length: int, width: int, num_heads: int, init_std: float):
+    def __init__(self, prompt_length: int, width: int, num_heads: int, init_std: float,
+                 gate_activation: str = "tanh"):
         super().__init__()
         self.prompt = nn.Parameter(torch.empty(prompt_length, width))
         self.gate = nn.Parameter(torch.zeros(num_heads))
+        self.gate_activation = gate_activation
         if self.prompt.device.type != "meta":
             nn.init.normal_(self.prompt, std=init_std)
+
+    def gate_values(self) -> torch.Tensor:
+        """(H,) factors of the prompt branch."""
+        return torch.tanh(self.gate) if self.gate_activation == "tanh" else self.gate
 
     def prompts(self, visual: torch.Tensor | None = None) -> torch.Tensor:
         """(1 or B, K, C): the prompts, plus the batch's projected image features (B, C) if any."""
@@ -114,7 +133,7 @@ def llama_adapter_attention(module, query, key, value, attention_mask, scaling, 
     prompt_k, prompt_v = adapter.memo("prompt_kv", prompt_keys_values)
     scores = torch.matmul(query, prompt_k.transpose(2, 3)) * scaling  # (B, H, Q, K)
     probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
-    gate = torch.tanh(adapter.gate).to(query.dtype)[None, :, None, None]
+    gate = adapter.gate_values().to(query.dtype)[None, :, None, None]
     prompt_out = torch.matmul(gate * probs, prompt_v).transpose(1, 2)  # (B, Q, H, d), as `out`
     return out + prompt_out, None
 
@@ -130,7 +149,7 @@ def inject(model: nn.Module, config: LlamaAdapterConfig) -> Injection:
         attention = llm.get_submodule(name)
         ref = attention.q_proj.weight
         prompt = AdaptionPrompt(config.prompt_length, llm.config.hidden_size, llm.config.num_attention_heads,
-                                config.prompt_init_std)
+                                config.prompt_init_std, config.gate)
         attention.adaption_prompt = prompt.to(ref.device) if ref.device.type != "meta" else prompt
         modules.append(attention.adaption_prompt)
     if vision is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +55,15 @@ class MMAConfig:
         llm_adapter: "router" (MM-Adapter) or "repadapter" (no routing; Table 2 ablation).
         llm_placement: "attn": one adapter before self-attention in every block (all
             paper results); "block": also one before the FFN.
-        vision_adapter: "router", "repadapter" or "none" (frozen ViT without adapters).
+        vision_adapter: "router", "repadapter", "repadapter_release" (the release's plain
+            RepAdapter: up(dropout(down(x))), no residual and no scale) or "none" (frozen
+            ViT without adapters).
         vision_routing: "token": every visual token routes on its own features (ours);
-            "release": the release's accidental routing, per token position, computed
-            from the first image of the batch (see docs/faithfulness.md).
+            "release": as the release computes it, per token position from row 0 of the
+            batch, with the ViT run on every sample (text-only ones on their all-zero
+            image), so a batch whose first sample is text-only routes on a blank image
+            (see docs/faithfulness.md). A choice of evaluation: an adapter trained with
+            one loads with the other.
         neck_dim: hidden width of the visual neck (128).
         modality_token: prepend the hidden modality token (position 0) that the LLM
             routers read; without it the routers read the first real token.
@@ -76,11 +81,14 @@ class MMAConfig:
     neck_dim: int = 128
     modality_token: bool = True
 
+    # Settings an exported adapter may be evaluated with otherwise (checkpoint.check_meta).
+    EVALUATION_SETTINGS: ClassVar[tuple[str, ...]] = ("vision_routing",)
+
     def __post_init__(self):
         checks = {
             "llm_adapter": (self.llm_adapter, ("router", "repadapter")),
             "llm_placement": (self.llm_placement, ("attn", "block")),
-            "vision_adapter": (self.vision_adapter, ("router", "repadapter", "none")),
+            "vision_adapter": (self.vision_adapter, ("router", "repadapter", "repadapter_release", "none")),
             "vision_routing": (self.vision_routing, ("token", "release")),
         }
         for field, (value, allowed) in checks.items():
@@ -116,17 +124,24 @@ def _down_projection(width: int, adapter_dim: int) -> nn.Linear:
 
 
 class RepAdapter(AdapterModule):
-    """Plain RepAdapter: Z + s * B(dropout(A(Z))), B zero-initialised (13c + 8 params for h=8)."""
+    """Plain RepAdapter: Z + s * B(dropout(A(Z))), B zero-initialised (13c + 8 params for h=8).
 
-    def __init__(self, width: int, adapter_dim: int = 8, scale: float = 1.0, dropout: float = 0.1, groups: int = 2):
+    residual=False is the release's visual `RepAdapter`, which returns B(dropout(A(Z))) alone
+    (no residual, no scale): its block's attention then reads only the adapter's output, zero
+    at initialisation."""
+
+    def __init__(self, width: int, adapter_dim: int = 8, scale: float = 1.0, dropout: float = 0.1, groups: int = 2,
+                 residual: bool = True):
         super().__init__()
         self.down = _down_projection(width, adapter_dim)
         self.up = GroupedLinear(adapter_dim, width, groups)
         self.dropout = nn.Dropout(dropout)
         self.scale = scale
+        self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.add(self.up(self.dropout(self.down(x))), alpha=self.scale)
+        delta = self.up(self.dropout(self.down(x)))
+        return x.add(delta, alpha=self.scale) if self.residual else delta
 
 
 class RepAdapterRouter(AdapterModule):
@@ -134,7 +149,8 @@ class RepAdapterRouter(AdapterModule):
 
     routing="sample": one decision per sample from row 0 (the LLM's modality token);
     "token": every token routes on itself; "release": per token position, from the first
-    sample of the batch (what the LaVIN release's ViT adapters compute).
+    sample of the batch (what the LaVIN release's ViT adapters compute: they read index 0
+    of the batch axis of a sequence-first tensor).
 
     With sample routing and `routing_cache` on, the first call stores the weights and
     later calls reuse them: during cached decoding the adapter only sees new tokens,
@@ -254,7 +270,8 @@ def make_vision_adapter(config: MMAConfig, width: int) -> AdapterModule:
     if config.vision_adapter == "router":
         return RepAdapterRouter(width, config.adapter_dim, config.scale, config.temperature,
                                 config.dropout, config.groups, routing=config.vision_routing)
-    return RepAdapter(width, config.adapter_dim, config.scale, config.dropout, config.groups)
+    return RepAdapter(width, config.adapter_dim, config.scale, config.dropout, config.groups,
+                      residual=config.vision_adapter != "repadapter_release")
 
 
 def inject(model: nn.Module, config: MMAConfig) -> Injection:

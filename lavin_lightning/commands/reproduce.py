@@ -4,7 +4,9 @@
 
 Each row is `experiments/tables/<table>/<row>.yaml` (its header names the trainer to stack it
 on); each run is `lavin-lightning fit` then `test` (or `evaluate mc` for multiple-choice
-benchmarks), in a fresh process, exactly as one would type them. Before any work, every row's
+benchmarks), in a fresh process, exactly as one would type them. A row whose header names an
+authors' release (`# release: lavin-release`, `# checkpoint: FILE`) imports that file in place
+of the fit (`lavin-lightning import`). Before any work, every row's
 weights, data and accelerator are checked and everything missing is named at once.
 
 Runs live under `<runs>/by-config/<key>`, where the key is a hash of the merged config: a row that
@@ -65,7 +67,7 @@ TINY_INSTRUCTBLIP = {"t5": "tiny-t5", "vicuna": "tiny-llama", "llama": "tiny-lla
 
 @dataclass
 class Step:
-    command: str                # "fit", "test" or "evaluate"
+    command: str                # "fit", "import", "test" or "evaluate"
     argv: list[str]             # the arguments after `lavin-lightning`
     run_dir: Path               # what the step writes into
     marker: Path                # written when the step finished
@@ -107,13 +109,13 @@ def _tasks_of_row(table: Table, expected: dict) -> list[Task]:
     return wanted or list(table.tasks[:1])
 
 
-def _config_key(config: dict, task: Task, fits: bool, smoke: bool) -> str:
+def _config_key(config: dict, task: Task, fits: bool, smoke: bool, release: str = "") -> str:
     """What makes two runs the same run: the merged config (not where it is written), the task,
-    whether it trains, and whether it is a smoke run."""
+    whether it trains (or imports which released file), and whether it is a smoke run."""
     config = json.loads(json.dumps(config))
     config.get("trainer", {}).pop("default_root_dir", None)
     blob = json.dumps({"config": config, "task": task.name, "evaluate": task.evaluate, "fits": fits,
-                       "smoke": smoke}, sort_keys=True)
+                       "smoke": smoke, **({"release": release} if release else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -124,7 +126,8 @@ def plan_table(table: Table, rows: list[str], runs: Path, smoke: bool) -> list[U
         header = _row_header(table, row)
         row_file = str(table.row_file(row))
         _, expected = expected_values(table, row)
-        fits = header.get("fit", "yes") != "no"
+        release = _release_import(header, table.row_file(row), smoke)
+        fits = header.get("fit", "yes") != "no" and release is None
         trainers = SMOKE_TRAINERS.get(header["trainer"], SMOKE_TRAINER) if smoke else [header["trainer"]]
         stack = expand_config_paths([row_file])  # the row's `# extends:` chain, then the row
         tasks = _tasks_of_row(table, expected)
@@ -135,22 +138,42 @@ def plan_table(table: Table, rows: list[str], runs: Path, smoke: bool) -> list[U
         for task in trained:
             configs = [*trainers, WANDB_CONFIG] + stack[:-1] + ([task.overlay] if task.overlay else []) + stack[-1:]
             configs += smoke_overlays(configs, runs, f"{row}-{task.name or 'main'}") if smoke else []
-            key = _config_key(load_configs(configs), task, fits, smoke)
+            key = _config_key(load_configs(configs), task, fits, smoke, " ".join(release or []))
             run_dir = runs / "by-config" / key
             unit = Unit(row, task, configs, run_dir)
             env = wandb_env(table, row, task.name, smoke)
-            args = [a for c in configs for a in ("--config", c)] + _run_dir_args(run_dir)
+            config_args = [a for c in configs for a in ("--config", c)]
+            args = config_args + _run_dir_args(run_dir)
             if fits:
                 unit.steps.append(Step("fit", ["fit", *args], run_dir, run_dir / ".done-fit",
                                        {**env, "WANDB_JOB_TYPE": "fit"}, configs))
-            adapter = ["--model.init_args.adapter_path", str(run_dir / "adapter")] if fits else []
+            if release is not None:
+                importer, checkpoint, *options = release
+                argv = ["import", importer, "--checkpoint", checkpoint, *config_args, "--out",
+                        str(run_dir / "adapter"), "--overwrite", *options]
+                unit.steps.append(Step("import", argv, run_dir, run_dir / ".done-import", env, configs,
+                                       (checkpoint,)))
+            trained = fits or release is not None
+            adapter = ["--model.init_args.adapter_path", str(run_dir / "adapter")] if trained else []
             if task.train and task.evaluate == "test":
                 unit.steps.append(Step("test", ["test", *args, *adapter], run_dir, run_dir / ".done-test",
                                        {**env, "WANDB_JOB_TYPE": "test"}, configs, task.needs))
             for zs in zero_shot:
-                unit.steps.append(_zero_shot_step(zs, configs, run_dir, fits, env, runs, row, smoke))
+                unit.steps.append(_zero_shot_step(zs, configs, run_dir, trained, env, runs, row, smoke))
             units.append(unit)
     return units
+
+
+def _release_import(header: dict[str, str], path: Path, smoke: bool) -> list[str] | None:
+    """[importer, checkpoint, options...] of a row that imports an authors' released file; None otherwise."""
+    if "release" not in header:
+        return None
+    if "checkpoint" not in header:
+        raise ConfigError(f"{path}: '# release: {header['release']}' needs a '# checkpoint: FILE' line")
+    if smoke:
+        raise ConfigError(f"{path} imports an authors' released checkpoint, which a smoke run cannot have; the "
+                          "import is tested on tiny models by the test suite")
+    return [header["release"], header["checkpoint"]] + (["--gate", header["gate"]] if "gate" in header else [])
 
 
 def _run_dir_args(run_dir: Path) -> list[str]:
@@ -184,8 +207,9 @@ def _zero_shot_step(task: Task, configs: list[str], run_dir: Path, fitted: bool,
 def wandb_env(table: Table, row: str, task: str, smoke: bool) -> dict[str, str]:
     """W&B groups a table's runs (one project shows a paper table); the row names the run."""
     paper, number = table.id.split("-", 1)
-    tags = [paper, f"table{number}"] + (["smoke"] if smoke else [])
-    return {"WANDB_RUN_GROUP": f"{paper}-table{number}", "WANDB_NAME": f"{row}-{task}" if task else row,
+    name = f"table{number}" if number[:1].isdigit() else number  # lavin-1 -> table1; lavin-release
+    tags = [paper, name] + (["smoke"] if smoke else [])
+    return {"WANDB_RUN_GROUP": f"{paper}-{name}", "WANDB_NAME": f"{row}-{task}" if task else row,
             "WANDB_TAGS": ",".join(tags), "LAVIN_TABLE_ROW": f"{table.id}/{row}"}
 
 
@@ -360,11 +384,13 @@ def reproduce(table: Table, rows: list[str], runs: Path, smoke: bool, dry_run: b
                 print(f"{env} lavin-lightning {' '.join(step.argv)}")
         return ""
     problems = missing_inputs(units)
+    imports = any(step.command == "import" for unit in units for step in unit.steps)
     if problems:
         raise ConfigError(f"table {table.id} cannot run here; nothing was started. Missing:\n  - "
                           + "\n  - ".join(problems)
-                          + "\nPut the weights and data at these paths (README: 'Weights and data'), or run "
-                            "`make reproduce-table-" + table.id + " SMOKE=1` for the tiny smoke run.")
+                          + "\nPut the weights and data at these paths (README: 'Weights and data'"
+                          + (", 'Released checkpoints')." if imports else "), or run `make reproduce-table-"
+                             + table.id + " SMOKE=1` for the tiny smoke run."))
     print(f"{table.paper}, {table.title}: {len(rows)} rows, {sum(len(u.steps) for u in units)} steps"
           + (" (smoke run)" if smoke else ""))
     for unit in units:

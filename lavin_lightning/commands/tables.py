@@ -164,6 +164,14 @@ TABLES: dict[str, Table] = {t.id: t for t in (
            Column("Time", "cost.json:wall_hours"), Column("#Storage", "cost.json:adapter_bytes", scale=1e-6)),
           ("lavin_7b", "lavin_13b"),
           note="Memory is the peak over the processes (CUDA max_memory_allocated; on CPU the peak resident set)."),
+    Table("lavin-release", "LaVIN (NeurIPS 2023), released checkpoints",
+          "ScienceQA test accuracy (%) of the authors' released adapters, imported and evaluated release-exact",
+          _scienceqa("Acc"),
+          ("sqa_7b", "sqa_7b_vicuna", "sqa_13b"),
+          tasks=(Task(overlay="experiments/releases/lavin_release_exact.yaml"),),
+          note="The printed values are the release's Model Zoo (average accuracy only). Each row imports the "
+               "released .pth (`lavin-lightning import lavin-release`) and tests it with the release's evaluation "
+               "choices (experiments/releases/lavin_release_exact.yaml; docs/faithfulness.md)."),
     Table("excitor-3", "LLaMA-Excitor (CVPR 2024)", "Table 3: COCO captioning",
           (_caption("BLEU@4", "Bleu_4"), _caption("CIDEr", "CIDEr")),
           ("excitor",)),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -39,10 +40,14 @@ class OptimConfig:
     Args:
         base_lr: learning rate per 256 samples; absolute lr = base_lr x global batch / 256.
         lr: absolute learning rate; overrides base_lr when set.
-        weight_decay: AdamW weight decay, not applied to 1-D parameters (biases, norms).
+        weight_decay: AdamW weight decay, not applied to 1-D parameters (biases, norms) unless
+            their name matches `decay_also`.
         betas: AdamW betas.
         warmup_epochs: linear warmup length in (fractional) epochs, counted per step.
         min_lr: the cosine schedule's floor.
+        decay_also: regular expressions (searched in the trainable parameters' names) of 1-D
+            parameters that are decayed anyway: e.g. `adaption_prompt\.gate$`, LLaMA-Adapter's
+            gates, which are 4-D in its release and so decayed there.
     """
 
     base_lr: float | None = 9e-3
@@ -51,6 +56,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_epochs: float = 2.0
     min_lr: float = 0.0
+    decay_also: tuple[str, ...] = ()
 
 
 def warmup_cosine(step: int, warmup_steps: float, total_steps: int, lr: float, min_lr: float) -> float:
@@ -59,6 +65,13 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, lr: float, m
         return lr * step / warmup_steps
     progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _regex(pattern: str, field: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{field}: {pattern!r} is not a regular expression ({err})") from None
 
 
 class PEFTModule(L.LightningModule):
@@ -190,8 +203,16 @@ class PEFTModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
+        decay_also = {pattern: _regex(pattern, "optim.decay_also") for pattern in self.optim.decay_also}
+        matched = set()
         for name, param in self._trainable.items():
-            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+            hits = {pattern for pattern, regex in decay_also.items() if regex.search(name)}
+            matched |= hits
+            vector = param.ndim <= 1 or name.endswith(".bias")
+            (no_decay if vector and not hits else decay).append(param)
+        if set(decay_also) - matched:
+            raise ConfigError(f"optim.decay_also {sorted(set(decay_also) - matched)} matches no trainable parameter "
+                              f"(names look like {sorted(self._trainable)[:2]})")
         groups = [
             {"params": decay, "weight_decay": self.optim.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -219,7 +240,8 @@ class PEFTModule(L.LightningModule):
         modules it targeted and a fingerprint of every frozen backbone (as built)."""
         return {"method": self.method, "trainable_params": self.parameter_counts()["trainable"],
                 "config": asdict(self.adapter), "targets": list(self.injection.targets),
-                "backbone": self._fingerprints}
+                "backbone": self._fingerprints,
+                "evaluation_settings": list(getattr(self.adapter, "EVALUATION_SETTINGS", ()))}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Called after the state dict is filled, whatever the strategy: filter here.

@@ -114,6 +114,11 @@ class AdaptedCausalLM(nn.Module):
         """Caches valid for one generation (prefill + decode steps)."""
         return decoding_cache(self)
 
+    def decoding_positions(self, index: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Position ids of the sequence positions `index` during generation, given the rows'
+        prompt lengths (default: the positions the model was trained with)."""
+        return index
+
     def attention_mask(self, valid: torch.Tensor, num_queries: int, dtype: torch.dtype) -> torch.Tensor:
         """Float mask (B,1,Q,K) for the last Q of K positions: causal and no padded keys.
         Every query sees itself, so no row is empty (padding rows stay finite)."""
@@ -180,6 +185,7 @@ class AdaptedCausalLM(nn.Module):
             finished = torch.zeros(batch_size, dtype=torch.bool, device=embeds.device)
             out: list[torch.Tensor] = []
             positions = torch.arange(embeds.shape[1], device=embeds.device).expand(batch_size, -1)
+            positions = self.decoding_positions(positions, lengths)
             past = DynamicCache(config=self.llm.config) if use_cache else None
             hidden = self.run_llm(embeds, valid, positions, embeds.shape[1], past=past, attention_inputs=inputs)
             last = hidden[torch.arange(batch_size), lengths - 1]
@@ -195,7 +201,7 @@ class AdaptedCausalLM(nn.Module):
                 # Right padding: the new token goes after the longest row; shorter rows keep
                 # their own positions and mask their padding.
                 valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
-                new_pos = (lengths + step)[:, None]
+                new_pos = self.decoding_positions((lengths + step)[:, None], lengths)
                 if use_cache:
                     last = self.run_llm(None, valid, new_pos, 1, past=past, input_ids=token[:, None],
                                         attention_inputs=inputs)[:, -1]

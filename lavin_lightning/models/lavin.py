@@ -10,11 +10,16 @@ visual neck's projection of the ViT's [CLS] tokens after every k-th layer. The m
 t_m from every later token; the LLM's MM-Adapters route on its normalised hidden state.
 Batches are right-padded after the content; padded keys are masked, so the same layout
 serves training, cached decoding and uncached decoding.
+
+Two behaviours of the release's evaluation are options (docs/faithfulness.md): its ViT runs
+on every sample of a batch when its visual routers read row 0 (`vision_routing: release`),
+and its decoding positions (`decode_positions: release`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,6 +30,7 @@ from lavin_lightning.adapters.mma import MMAConfig, routing_cache
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
 from lavin_lightning.batch import IGNORE_INDEX
+from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule, _float_mask
 
 
@@ -33,9 +39,12 @@ class LaVINModel(AdaptedCausalLM):
     and the modality token (`modality`, None without one)."""
 
     def __init__(self, llm: nn.Module, tokenizer, vision: nn.Module | None = None,
-                 image_prefix: str = "Image: ", text_prefix: str = "Image: N/A"):
+                 image_prefix: str = "Image: ", text_prefix: str = "Image: N/A",
+                 vision_on_every_sample: bool = False, decode_positions: str = "training"):
         super().__init__(llm, tokenizer, vision)
         self.modality: nn.Module | None = None
+        self.vision_on_every_sample = vision_on_every_sample
+        self.decode_positions = decode_positions
 
         def encode(text: str) -> torch.Tensor:
             ids = tokenizer(text, add_special_tokens=False).input_ids if tokenizer is not None else []
@@ -59,8 +68,12 @@ class LaVINModel(AdaptedCausalLM):
         visual = None
         pixels = self.image_pixels(batch)
         if pixels is not None:
+            if self.vision_on_every_sample:  # text-only samples as their all-zero images
+                pixels = batch["pixel_values"].to(pixels.dtype)
             features = self.vision.cls_features(pixels)
             visual = self.neck(features.to(self.neck.up.weight.dtype)).to(token_embeds.dtype)
+            if self.vision_on_every_sample:
+                visual = visual[has_image]
         lead = 1 if self.bos_id is not None else 0  # the prefix goes right after BOS
         rows, row_labels = [], []
         image_row = 0
@@ -96,6 +109,13 @@ class LaVINModel(AdaptedCausalLM):
     def decoding(self) -> contextlib.AbstractContextManager:
         return routing_cache(self.llm)
 
+    def decoding_positions(self, index: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """"release": the release's KV cache drops the modality token after the prefill of the
+        shortest prompt, so every later position (longer prompts' tails, new tokens) is one lower."""
+        if self.decode_positions == "training":
+            return index
+        return torch.where(index < lengths.min(), index, index - 1)
+
     def attention_mask(self, valid: torch.Tensor, num_queries: int, dtype: torch.dtype) -> torch.Tensor:
         """Causal, no padded keys, and (with a modality token) no later token sees position 0."""
         allowed = self._allowed(valid, num_queries)
@@ -116,6 +136,9 @@ class LaVIN(CausalLMModule):
         adapter: Mixture-of-Modality Adaptation settings.
         image_prefix: text before the visual slots of image-text samples.
         text_prefix: text in their place for text-only samples.
+        decode_positions: "training": generated tokens take the positions they would have in
+            training; "release": the release's evaluation, where each position after the
+            batch's shortest prompt is one lower (its cache drops the modality token).
         **kwargs: `CausalLMModule`'s (optim, generation, adapter_path, global_batch_size).
     """
 
@@ -129,15 +152,25 @@ class LaVIN(CausalLMModule):
         adapter: MMAConfig | None = None,
         image_prefix: str = "Image: ",
         text_prefix: str = "Image: N/A",
+        decode_positions: Literal["training", "release"] = "training",
         **kwargs,
     ):
         super().__init__(llm, vision, **kwargs)
         self.adapter = adapter or MMAConfig()
+        if decode_positions not in ("training", "release"):
+            raise ConfigError(f"decode_positions must be 'training' or 'release', got {decode_positions!r}")
+        if decode_positions == "release" and not self.adapter.modality_token:
+            raise ConfigError("decode_positions 'release' shifts positions for the modality token the release's "
+                              "cache drops; this model has none (adapter.modality_token: false)")
         self.image_prefix, self.text_prefix = image_prefix, text_prefix
+        self.decode_positions = decode_positions
         self.save_hyperparameters()
 
     def model_options(self) -> dict:
-        return {"image_prefix": self.image_prefix, "text_prefix": self.text_prefix}
+        return {"image_prefix": self.image_prefix, "text_prefix": self.text_prefix,
+                "vision_on_every_sample": self.adapter.vision_adapter == "router"
+                and self.adapter.vision_routing == "release",
+                "decode_positions": self.decode_positions}
 
     def inject(self, model: LaVINModel) -> Injection:
         return mma.inject(model, self.adapter)

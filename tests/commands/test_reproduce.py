@@ -79,6 +79,25 @@ def test_missing_weights_data_and_gpu_are_named_at_once_before_any_work(tmp_path
     assert "nothing was started" in message and not runs.exists()
 
 
+def test_release_rows_import_the_authors_file_then_test_it_release_exact(tmp_path):
+    units = plan_table(TABLES["lavin-release"], ["sqa_7b", "sqa_13b"], tmp_path, smoke=False)
+    seven = units[0]
+    imported, test = seven.steps
+    assert [imported.command, test.command] == ["import", "test"]
+    assert imported.argv[:4] == ["import", "lavin-release", "--checkpoint", "weights/releases/lavin/sqa-llama-7b.pth"]
+    assert imported.needs == ("weights/releases/lavin/sqa-llama-7b.pth",)
+    adapter = str(seven.run_dir / "adapter")
+    assert imported.argv[imported.argv.index("--out") + 1] == adapter
+    assert test.argv[test.argv.index("--model.init_args.adapter_path") + 1] == adapter
+    assert "experiments/releases/lavin_release_exact.yaml" in test.configs
+    # Not the run that trains the same model: another key.
+    assert seven.run_dir not in keys("lavin-1", False, tmp_path).values()
+    with pytest.raises(ConfigError, match="checkpoint"):
+        reproduce(TABLES["lavin-release"], ["sqa_7b"], tmp_path / "runs", smoke=False)
+    with pytest.raises(ConfigError, match="smoke run cannot"):
+        plan_table(TABLES["lavin-release"], ["sqa_7b"], tmp_path, smoke=True)
+
+
 def test_unknown_rows_are_refused(capsys):
     with pytest.raises(ConfigError, match=r"has no rows \['lavin_70b'\]"):
         main(["lavin-1", "--rows", "lavin_70b"])
