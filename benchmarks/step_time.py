@@ -1,6 +1,7 @@
 """Step time of every method vs the frozen backbone alone on the same batch, and decoding speed.
 
-    python benchmarks/step_time.py [--llm smollm2|tiny] [--batch 8] [--steps 6] [--section all|lavin|text|decode|petal]
+    python benchmarks/step_time.py [--llm smollm2|tiny] [--batch 8] [--steps 6]
+                                   [--section all|lavin|lavin-decode|text|decode|petal]
 
 Every method is the one of `experiments/tiny/<method>_tiny.yaml` (the demos' settings) on the
 embedded default's architecture with random weights (timing does not depend on the values).
@@ -8,6 +9,9 @@ embedded default's architecture with random weights (timing does not depend on t
 * lavin: the MMA-adapted LaVIN pipeline (frozen ViT -> visual neck -> modality token +
   "Image: " prefix -> frozen LLM -> loss on answer tokens, backward, AdamW step) against the
   same pipeline with the MM-Adapters removed from the LLM and the ViT.
+* lavin-decode: LaVIN's cached decoding (batch 1, greedy) of an image prompt and a text-only
+  prompt, in tokens per second: the frozen backbone (the same pipeline without MM-Adapters),
+  MMA unfolded, and MMA folded into the frozen weights as test / predict / chat run it.
 * text: every causal-LM method with an Alpaca tiny config against the frozen LLM on one
   Alpaca-style batch; the baseline back-propagates to its input embeddings (as any adapter in
   the first layers makes the real run do) but has no weights to update.
@@ -201,6 +205,36 @@ def decode_speed(methods: dict[str, CausalLMModule], frozen: AdaptedCausalLM, to
         print(f"  {name:<28} {new_tokens / statistics.median(values):8.1f} tokens/s")
 
 
+def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> None:
+    adapted, stripped = module("lavin", backbone_args), module("lavin", backbone_args)
+    strip_adapters(stripped.model)
+    adapted.fold_for_inference = False
+    folded = module("lavin", backbone_args)
+    variants = {"frozen backbone": stripped, "MMA unfolded": adapted, "MMA folded": folded}
+    config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
+    print(f"LaVIN cached decoding, batch 1, {new_tokens} new tokens (median of {repeats}):")
+    for modality, has_image in (("image prompt", True), ("text-only prompt", False)):
+        batch = lavin_batch(adapted.tokenizer, 1, adapted.model.vision.image_size)
+        batch.pop("labels")
+        batch["has_image"] = torch.tensor([has_image])
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        with torch.no_grad():
+            for m in variants.values():
+                m.eval()
+                m.model.eos_id = -1  # random weights: decode the full budget every time
+            with folded.inference():
+                for repeat in range(repeats + 1):  # variants alternate: they share the machine's noise
+                    for name, m in variants.items():
+                        start = time.perf_counter()
+                        m.model.generate(batch, config)
+                        if repeat:
+                            times[name].append(time.perf_counter() - start)
+        base = new_tokens / statistics.median(times["frozen backbone"])
+        for name, values in times.items():
+            speed = new_tokens / statistics.median(values)
+            print(f"  {modality:<17} {name:<16} {speed:8.1f} tokens/s  x{speed / base:.3f} of the frozen backbone")
+
+
 def petal_variants(backbone_args: dict) -> dict[str, Step]:
     frozen = module("qformer_head", backbone_args)  # no weights to update; gradients reach the query tokens
     frozen.model.requires_grad_(False)
@@ -221,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--section", choices=["all", "lavin", "text", "decode", "petal"], default="all")
+    ap.add_argument("--section", choices=["all", "lavin", "lavin-decode", "text", "decode", "petal"], default="all")
     args = ap.parse_args(argv)
     backbone_args = backbones(args.llm)
     print(f"LLM {args.llm} architecture, {torch.get_num_threads()} threads")
@@ -235,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
                medians, "frozen backbone")
         print(f"  MMA overhead: {(medians['MMA-adapted'] / medians['frozen backbone'] - 1) * 100:+.1f}% "
               "(budget: <= 15%)")
+    if args.section in ("all", "lavin-decode"):
+        lavin_decode_speed(backbone_args, args.new_tokens, repeats=5)
     if args.section in ("all", "text", "decode"):
         methods = text_variants(backbone_args)
         tokenizer = next(iter(methods.values())).tokenizer

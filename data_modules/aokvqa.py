@@ -56,8 +56,8 @@ class AOKVQADataModule(SingleFileVQADataModule):
     def _entries(self, path: Path) -> tuple[dict, list]:
         return {}, read_aokvqa(path)
 
-    def _check(self, raw: dict) -> None:
-        check_aokvqa_choices(raw)
+    def _check(self, raw: dict, role: str) -> None:
+        check_aokvqa_choices(raw, scored=role == "test")
 
     def aokvqa_dataset(self, role: str) -> list[dict]:
         """The question records served in ``role``, for :func:`~lavin_lightning.metrics.aokvqa.score_aokvqa`."""

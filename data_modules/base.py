@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import lightning as L
 import torch
@@ -25,6 +25,8 @@ from torchvision import transforms
 from data_modules.batching import (
     Collator,
     EpochShuffle,
+    LengthBuckets,
+    LengthOrder,
     ResumableLoader,
     Sample,
     SampleDataset,
@@ -33,12 +35,16 @@ from data_modules.batching import (
 )
 from data_modules.templates import check_max_seq_len, check_template, encode_records, instruction_suffix
 from lavin_lightning.errors import ConfigError, DataError
+from lavin_lightning.formats.images import ImageCheck, screen_images
 from lavin_lightning.formats.instructions import InstructRecord
 from lavin_lightning.formats.records import ReadReport, check_on_bad_record
+
+Item = TypeVar("Item")
 
 log = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test", "predict")
+EVAL_ORDERS = ("auto", "split", "length")
 STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 # Roles whose rows are supervised; test/predict rows are generation prompts.
 LABELLED = ("train", "val")
@@ -167,6 +173,16 @@ class SampleDataModule(L.LightningDataModule):
         image_size: square image side in pixels (bicubic resize).
         image_mean: per-channel normalisation mean (ImageNet, as the LaVIN release).
         image_std: per-channel normalisation std (ImageNet, as the LaVIN release).
+        length_buckets: training batches of similar length (:class:`~data_modules.batching.LengthBuckets`:
+            less padding, both modalities in every batch, reproducible and resumable per epoch,
+            every process its share of each bucketed batch); False: the plain shuffled order.
+        bucket_pool: global batches pooled per length sort (more: less padding, less random batches).
+        eval_order: the order of val/test/predict samples. "split": the split's (file) order;
+            "length": sorted by length into batches (:class:`~data_modules.batching.LengthOrder`;
+            refused when the model's generation depends on its batch); "auto": "length" for
+            test when the model says its generations do not depend on their batch
+            (``batch_dependence()`` empty), else "split" (predict keeps the file's order, which
+            its predictions.jsonl follows).
     """
 
     def __init__(
@@ -178,10 +194,20 @@ class SampleDataModule(L.LightningDataModule):
         image_size: int = 224,
         image_mean: tuple[float, float, float] = IMAGENET_MEAN,
         image_std: tuple[float, float, float] = IMAGENET_STD,
+        length_buckets: bool = False,
+        bucket_pool: int = 64,
+        eval_order: Literal["auto", "split", "length"] = "auto",
     ) -> None:
         super().__init__()
         if eval_batch_size is not None and eval_batch_size < 1:
             raise ConfigError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        if bucket_pool < 1:
+            raise ConfigError(f"bucket_pool must be >= 1, got {bucket_pool}")
+        if eval_order not in EVAL_ORDERS:
+            raise ConfigError(f"eval_order must be one of {list(EVAL_ORDERS)}, got {eval_order!r}")
+        self.length_buckets = length_buckets
+        self.bucket_pool = bucket_pool
+        self.eval_order = eval_order
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.tokenizer = tokenizer
@@ -189,6 +215,7 @@ class SampleDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.transform = image_transform(image_size, image_mean, image_std)
         self.datasets: dict[str, SampleDataset] = {}
+        self._image_check = ImageCheck()  # each image file is decoded once, however many records name it
 
     def require_tokenizer(self):
         """The tokenizer, checked; a ConfigError that says how to give one when there is none."""
@@ -207,6 +234,16 @@ class SampleDataModule(L.LightningDataModule):
         """``{pid: image file}`` of the samples served in ``role`` (None for a text-only sample),
         for the image column of the test scoring callbacks' W&B tables."""
         return {s.pid: s.image_path for s in self._dataset(role).samples}
+
+    def _usable(
+        self, items: Sequence[Item], image_of: Callable[[Item], Path | None], where_of: Callable[[Item], str],
+        report: ReadReport, limit: int | None = None, then: tuple[Callable[[Item], Any], str] | None = None,
+    ) -> list[Item]:
+        """The first ``limit`` of ``items`` (all: None) whose image decodes, checked now (setup) so that
+        a corrupt file cannot stop training after it has started; a bad one is a DataError naming
+        the record and the file, or with on_bad_record="skip" left out and counted in ``report``
+        (:func:`~lavin_lightning.formats.images.screen_images`, also for ``then``)."""
+        return screen_images(items, image_of, where_of, report, self._image_check, limit, then)
 
     def _serve(self, role: str, samples: list[Sample]) -> None:
         self.datasets[role] = SampleDataset(samples, self.transform, self.image_size)
@@ -230,15 +267,40 @@ class SampleDataModule(L.LightningDataModule):
         return options
 
     def _loader(self, role: str, batch_size: int) -> DataLoader:
-        return DataLoader(self._dataset(role), **self._loader_options(batch_size, fitting=role == "val"))
+        dataset = self._dataset(role)
+        sampler = self._eval_sampler(role, dataset, batch_size)
+        return DataLoader(dataset, sampler=sampler, **self._loader_options(batch_size, fitting=role == "val"))
+
+    def _eval_sampler(self, role: str, dataset: SampleDataset, batch_size: int) -> LengthOrder | None:
+        """The length order of ``role``'s batches (``eval_order``), or None for the split's order."""
+        if self.eval_order == "split" or (self.eval_order == "auto" and role != "test"):
+            return None
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        declared = getattr(module, "batch_dependence", None)
+        reasons = declared() if declared is not None else None
+        if self.eval_order == "length" and reasons:
+            raise ConfigError(f"eval_order 'length' regroups the {role} samples, but this model's generations depend "
+                              "on their batch: " + "; ".join(reasons) + "; use eval_order 'split'")
+        if self.eval_order == "auto" and not (reasons == [] and self.trainer is not None):
+            if reasons:
+                log_rank_zero(logging.INFO, "%s batches in the split's order: %s", role, "; ".join(reasons))
+            return None
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return LengthOrder(dataset, [len(s.input_ids) for s in dataset.samples], batch_size, world_size, rank)
 
     def _train_loader(self, batch_size: int, accumulation: int) -> ResumableLoader:
-        """Training mixes text-only and image-text samples at random (no bucketing), in an order that
-        can be reproduced for any epoch, dealt out to the processes, resumable mid-epoch."""
+        """Training mixes text-only and image-text samples at random (or, with ``length_buckets``, in
+        batches of similar length that still hold both), in an order that can be reproduced for any
+        epoch, dealt out to the processes, resumable mid-epoch."""
         trainer = self.trainer
         world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         dataset = self._dataset("train")
-        sampler = EpochShuffle(dataset, self._shuffle_seed(), num_replicas=world_size, rank=rank)
+        buckets = None
+        if self.length_buckets:
+            buckets = LengthBuckets([len(s.input_ids) for s in dataset.samples],
+                                    [s.image_path is not None for s in dataset.samples], batch_size, self.bucket_pool)
+        sampler = EpochShuffle(dataset, self._shuffle_seed(), num_replicas=world_size, rank=rank, buckets=buckets)
         return ResumableLoader(dataset, sampler=sampler, accumulation=accumulation,
                                **self._loader_options(batch_size, fitting=True))
 
@@ -426,6 +488,18 @@ class TaskDataModule(ConversationDataModule):
             # Lightning validates only if val_dataloader is overridden; bound per instance so
             # that without val data fit simply skips validation.
             self.val_dataloader = self._val_dataloader
+
+    def _usable_in(self, role: str, items: Sequence[Item], image_of: Callable[[Item], Path | None],
+                   where_of: Callable[[Item], str], limit: int | None = None,
+                   then: tuple[Callable[[Item], Any], str] | None = None) -> list[Item]:
+        """:meth:`_usable` with the images left out counted in ``report[role]["skipped"]`` and logged."""
+        report = ReadReport(self.on_bad_record)
+        kept = self._usable(items, image_of, where_of, report, limit, then)
+        skipped = self.report.setdefault(role, {}).setdefault("skipped", {})
+        for reason, n in report.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        log_skipped(f"{role} {self._source(role)}", f"{len(kept)} {self.record_kind}", report)
+        return kept
 
     def _draw_k_shot(self, role: str, chosen: list) -> list:
         """The training records of the k-shot draw, in file order (other roles: ``chosen`` as is)."""

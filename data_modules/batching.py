@@ -17,6 +17,7 @@ run resumed mid-epoch trains on exactly the batches the uninterrupted run would 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -25,11 +26,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lavin_lightning.batch import IGNORE_INDEX
-from lavin_lightning.errors import CheckpointError, ConfigError
+from lavin_lightning.errors import CheckpointError, ConfigError, DataError
+from lavin_lightning.formats.images import image_error_message, load_image
 
 # How a row longer than max_length is cut (generation prompts always lose prompt tokens from
 # the left, after BOS, so that their end -- the response header -- survives):
@@ -178,10 +179,17 @@ class Sample:
     image_path: Path | None
     # The instruction alone, tokenised for a model's instruction encoder (InstructBLIP's Q-Former).
     instruction_ids: list[int] | None = None
+    # Answers scored by log-likelihood instead of generated (test rows of an option-scoring
+    # evaluation): the token ids of each candidate continuation of the prompt.
+    candidates: tuple[tuple[int, ...], ...] | None = None
 
 
 class SampleDataset(Dataset):
-    """Tokenised samples plus image loading; text-only samples get a zero image."""
+    """Tokenised samples plus image loading; text-only samples get a zero image.
+
+    The data modules decode every image at setup; one that fails here all the same (changed or
+    lost since) is a DataError naming the file and the sample's pid, not PIL's bare error.
+    """
 
     def __init__(self, samples: list[Sample], transform, image_size: int) -> None:
         self.samples = samples
@@ -197,8 +205,11 @@ class SampleDataset(Dataset):
             # Text-only samples feed a zero image that the model never uses.
             pixels = torch.zeros(3, self.image_size, self.image_size)
         else:
-            with Image.open(s.image_path) as image:
-                pixels = self.transform(image)
+            try:
+                image = load_image(s.image_path)
+            except Exception as e:  # checked at setup: the file changed or the disk failed since
+                raise DataError(image_error_message(s.image_path, s.pid, e)) from e
+            pixels = self.transform(image)
         return {
             "pid": s.pid,
             "input_ids": torch.tensor(s.input_ids, dtype=torch.long),
@@ -206,6 +217,7 @@ class SampleDataset(Dataset):
             "pixel_values": pixels,
             "has_image": s.image_path is not None,
             "instruction_ids": None if s.instruction_ids is None else torch.tensor(s.instruction_ids, dtype=torch.long),
+            "candidates": s.candidates,
         }
 
 
@@ -214,7 +226,8 @@ class Collator:
 
     Right padding by default (training); the pad id fills ``input_ids``, IGNORE_INDEX fills
     ``labels``. Items without labels (test/predict) give a batch without a ``labels`` key;
-    items with instruction ids add ``instruction_input_ids`` / ``instruction_attention_mask``.
+    items with instruction ids add ``instruction_input_ids`` / ``instruction_attention_mask``;
+    items with candidate answers add ``candidates`` (per sample, a list of token id lists).
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right") -> None:
@@ -233,6 +246,8 @@ class Collator:
             "has_image": torch.tensor([item["has_image"] for item in items], dtype=torch.bool),
             "pids": [item["pid"] for item in items],
         })
+        if items[0].get("candidates") is not None:
+            batch["candidates"] = [[list(c) for c in item["candidates"]] for item in items]
         if items[0].get("instruction_ids") is not None:
             # Padded with 0 on the right whatever the LLM rows do: never attended.
             batch["instruction_input_ids"], batch["instruction_attention_mask"] = pad_sequences(
@@ -261,14 +276,19 @@ class EpochShuffle(DistributedSampler):
     ``begin_epoch`` fixes the epoch's order (with the global draws a checkpoint kept, if any);
     the iteration after it leaves out the first ``start`` indices.
 
+    With ``buckets``, the epoch's order (the same permutation) becomes length-bucketed batches
+    (:class:`LengthBuckets`), as reproducible and resumable as the plain order.
+
     Args:
         dataset: the training samples.
         seed: the shuffle's seed on one process; None draws from the global RNG.
         num_replicas: training processes (the world size).
         rank: this process's rank.
+        buckets: length bucketing of every epoch; None: the plain shuffled order.
     """
 
-    def __init__(self, dataset: Dataset, seed: int | None = None, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, dataset: Dataset, seed: int | None = None, num_replicas: int = 1, rank: int = 0,
+                 buckets: LengthBuckets | None = None) -> None:
         global_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # what seed_everything set, as Lightning reads it
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                          seed=global_seed if num_replicas > 1 or seed is None else seed)
@@ -277,26 +297,40 @@ class EpochShuffle(DistributedSampler):
         self.drawn: list[int] | None = None  # this epoch's global draws (worker seed, order seed)
         self.start = 0
         self._order: list[int] | None = None
+        if buckets is not None and len(buckets.lengths) != len(dataset):
+            raise ConfigError(f"length buckets of {len(buckets.lengths)} samples for a dataset of {len(dataset)}")
+        self.buckets = buckets
 
     def begin_epoch(self, drawn: list[int] | None = None) -> int:
         """Fix the order of the current epoch (``drawn``: its global draws, from a checkpoint);
         return the worker processes' base seed."""
         n = len(self.dataset)
         if self.num_replicas > 1:
-            self._order = list(super().__iter__())
+            if self.buckets is None:
+                self._order = list(super().__iter__())
+                return self.seed + self.epoch
+            # DistributedSampler's permutation and padding, bucketed before it is dealt out.
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+            order += (order * math.ceil(self.total_size / n))[: self.total_size - n]
+            self._order = self.buckets.share(order, self.num_replicas, self.rank, generator)
             return self.seed + self.epoch
         if self.order_seed is None:
             self.drawn = drawn or [_draw(None), _draw(None)]
             worker, order = self.drawn
             self._order = torch.randperm(n, generator=torch.Generator().manual_seed(order)).tolist()
-            return worker
-        generator = torch.Generator().manual_seed(self.order_seed)
-        for _ in range(self.epoch):  # what each epoch before drew: a worker seed, two permutations
-            _draw(generator)
-            torch.randperm(n, generator=generator)
-            torch.randperm(n, generator=generator)  # RandomSampler's last (empty) slice draws one too
-        worker = _draw(generator)
-        self._order = torch.randperm(n, generator=generator).tolist()
+        else:
+            generator = torch.Generator().manual_seed(self.order_seed)
+            for _ in range(self.epoch):  # what each epoch before drew: a worker seed, two permutations
+                _draw(generator)
+                torch.randperm(n, generator=generator)
+                torch.randperm(n, generator=generator)  # RandomSampler's last (empty) slice draws one too
+            worker = _draw(generator)
+            self._order = torch.randperm(n, generator=generator).tolist()
+        if self.buckets is not None:
+            # The batches' order comes from a generator of the epoch's own (the shared one replays).
+            mixed = (worker * 6364136223846793005 + 1442695040888963407) % 2**64
+            self._order = self.buckets.share(self._order, 1, 0, torch.Generator().manual_seed(mixed))
         return worker
 
     def __iter__(self):
@@ -305,6 +339,124 @@ class EpochShuffle(DistributedSampler):
         order, self._order = self._order[self.start:], None
         self.start = 0
         return iter(order)
+
+
+# --------------------------------------------------------------------------- length buckets
+
+
+def micro_batch_sizes(total: int, num_replicas: int, batch_size: int) -> list[int]:
+    """Sizes of the micro-batches of an epoch of ``total`` samples (a multiple of ``num_replicas``),
+    global batch after global batch (``num_replicas`` micro-batches each): every process takes
+    ``total / num_replicas`` samples in batches of ``batch_size``, its last one short."""
+    full, rest = divmod(total // num_replicas, batch_size)
+    return [batch_size] * (full * num_replicas) + [rest] * (num_replicas if rest else 0)
+
+
+def process_share(micro_batches: list[list[int]], num_replicas: int, rank: int) -> list[int]:
+    """The indices of process ``rank``: its micro-batch of every global batch, in order."""
+    return [i for j in range(rank, len(micro_batches), num_replicas) for i in micro_batches[j]]
+
+
+class LengthBuckets:
+    """Training batches of similar length that keep both modalities in every batch.
+
+    An epoch's shuffled order (the permutation an unbucketed epoch takes) is cut into pools of
+    ``pool`` global batches. In a pool, the image-text samples and the text-only samples are
+    each sorted by length, and the pool's i-th micro-batch takes the i-th slice of both lists,
+    so every batch holds the two modalities in the pool's proportion (to one sample): a
+    modality whose samples are longer or shorter is spread over the batches instead of filling
+    batches of its own. Within a batch the samples keep their shuffled order. Global batches
+    (one micro-batch per process, neighbours in length, so that processes wait little for
+    each other) are shuffled with the epoch's generator; a short last global batch stays last.
+
+    Args:
+        lengths: tokens per sample.
+        has_image: whether each sample is image-text; None: one modality.
+        batch_size: the per-process micro-batch (what the DataLoader batches).
+        pool: global batches per pool: more pads less, and makes batches less random.
+    """
+
+    def __init__(self, lengths: Sequence[int], has_image: Sequence[bool] | None = None, batch_size: int = 1,
+                 pool: int = 64) -> None:
+        if batch_size < 1 or pool < 1:
+            raise ConfigError(f"length buckets need batch_size >= 1 and pool >= 1, got {batch_size} and {pool}")
+        self.lengths = list(lengths)
+        self.has_image = [bool(x) for x in has_image] if has_image is not None else [False] * len(self.lengths)
+        if len(self.has_image) != len(self.lengths):
+            raise ConfigError(f"{len(self.has_image)} modalities for {len(self.lengths)} lengths")
+        self.batch_size = batch_size
+        self.pool = pool
+
+    def layout(self) -> dict[str, int]:
+        return {"pool": self.pool}
+
+    def _mixed(self, members: list[int], sizes: list[int]) -> list[list[int]]:
+        """``members`` as micro-batches of ``sizes``, ascending in length, each with both modalities."""
+        rank = {index: k for k, index in enumerate(members)}
+        images = sorted((i for i in members if self.has_image[i]), key=lambda i: (self.lengths[i], rank[i]))
+        texts = sorted((i for i in members if not self.has_image[i]), key=lambda i: (self.lengths[i], rank[i]))
+        batches, placed, taken_images, taken_texts = [], 0, 0, 0
+        for size in sizes:
+            placed += size
+            images_until = placed * len(images) // len(members)
+            texts_until = taken_texts + size - (images_until - taken_images)
+            batch = images[taken_images:images_until] + texts[taken_texts:texts_until]
+            batches.append(sorted(batch, key=rank.__getitem__))
+            taken_images, taken_texts = images_until, texts_until
+        return batches
+
+    def share(self, order: list[int], num_replicas: int, rank: int, generator: torch.Generator) -> list[int]:
+        """Process ``rank``'s indices of an epoch whose shuffled order (padded to a multiple of
+        ``num_replicas``, as DistributedSampler pads) is ``order``."""
+        sizes = micro_batch_sizes(len(order), num_replicas, self.batch_size)
+        n_global = len(sizes) // num_replicas
+        n_full = n_global - (bool(sizes) and sizes[-1] != self.batch_size)
+        groups: list[list[list[int]]] = []
+        start = 0
+        # Pools of full global batches; a short last one joins the last pool (it stays last).
+        bounds = [[first, min(first + self.pool, n_full)] for first in range(0, n_full, self.pool)] or [[0, 0]]
+        bounds[-1][1] = n_global
+        for first, end in bounds:
+            micro = sizes[first * num_replicas: end * num_replicas]
+            members = order[start: start + sum(micro)]
+            start += len(members)
+            batches = self._mixed(members, micro)
+            groups += [batches[k: k + num_replicas] for k in range(0, len(batches), num_replicas)]
+        full, last = groups[:n_full], groups[n_full:]
+        shuffled = [full[k] for k in torch.randperm(len(full), generator=generator).tolist()] + last
+        return process_share([batch for group in shuffled for batch in group], num_replicas, rank)
+
+
+class LengthOrder(DistributedSampler):
+    """Evaluation batches of similar length: the samples sorted by length (longest first: a batch
+    that does not fit in memory fails at once) and cut into global batches, every process taking
+    its micro-batch of each; as DistributedSampler, a process's share is padded by repeating
+    samples (here the shortest) so that every process runs as many batches.
+
+    Args:
+        dataset: the samples.
+        lengths: tokens per sample.
+        batch_size: the per-process batch.
+        num_replicas: processes (the world size).
+        rank: this process's rank.
+    """
+
+    def __init__(self, dataset: Dataset, lengths: Sequence[int], batch_size: int, num_replicas: int = 1,
+                 rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        if len(lengths) != len(dataset):
+            raise ConfigError(f"{len(lengths)} lengths for a dataset of {len(dataset)}")
+        n = len(lengths)
+        order = sorted(range(n), key=lambda i: (-lengths[i], i))
+        order += [order[n - 1 - k % n] for k in range(self.total_size - n)]
+        batches, start = [], 0
+        for size in micro_batch_sizes(self.total_size, num_replicas, batch_size):
+            batches.append(order[start: start + size])
+            start += size
+        self.indices = process_share(batches, num_replicas, rank)
+
+    def __iter__(self):
+        return iter(self.indices)
 
 
 class ResumableLoader(DataLoader):
@@ -350,8 +502,9 @@ class ResumableLoader(DataLoader):
 
     def _layout(self) -> dict[str, Any]:
         """What must be the same for a saved position to mean the same samples."""
+        buckets = self.sampler.buckets
         return {"batch_size": self.batch_size, "processes": self.sampler.num_replicas, "samples": len(self.dataset),
-                "seed": self.sampler.order_seed}
+                "seed": self.sampler.order_seed, "length_buckets": None if buckets is None else buckets.layout()}
 
     def state_dict(self) -> dict[str, Any]:
         if not isinstance(self.sampler, EpochShuffle):

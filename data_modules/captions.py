@@ -21,9 +21,15 @@ from typing import Any
 
 from data_modules.base import TaskDataModule, log_rank_zero, log_skipped
 from lavin_lightning.errors import ConfigError
-from lavin_lightning.formats.captions import KARPATHY_FORMAT, KARPATHY_SPLITS, CaptionImage, read_karpathy
+from lavin_lightning.formats.captions import (
+    KARPATHY_FORMAT,
+    KARPATHY_SPLITS,
+    CaptionImage,
+    check_one_file,
+    read_karpathy,
+)
 from lavin_lightning.formats.instructions import InstructRecord
-from lavin_lightning.formats.records import BadRecord, ReadReport
+from lavin_lightning.formats.records import ReadReport
 
 TRAIN_ON = ("all", "first")
 # LAVIS' generic caption instruction; LaVIN / PETAL use other wordings, pass them as ``prompt``.
@@ -126,24 +132,12 @@ class CaptionDataModule(TaskDataModule):
         return f"{self.karpathy_file}: image imgid {im.imgid!r}"
 
     def _select(self, role: str) -> list[CaptionImage]:
-        """The served images: the first ``limit`` with an existing file, then for train the k-shot draw."""
-        report, limit = ReadReport(self.on_bad_record), self.limits[role]
+        """The served images: the first ``limit`` whose file is there and decodes (checked here, at
+        setup, so that a bad image cannot stop an epoch halfway), then for train the k-shot draw."""
         candidates = self._candidates(role)
-
-        def exists(im: CaptionImage) -> CaptionImage:
-            # Checked here (setup) so that a missing image cannot stop an epoch halfway.
-            if not im.path.is_file():
-                raise BadRecord("missing_image", f"image {im.path} not found")
-            return im
-
-        chosen = []
-        for im in candidates:
-            if limit is not None and len(chosen) == limit:
-                break
-            kept = report.screen(self._where(im), self.expected, exists, im)
-            if kept is not None:
-                chosen.append(kept)
-        self.report[role] = {"images": len(candidates), "skipped": dict(report.skipped)}
+        self.report[role] = {"images": len(candidates), "skipped": {}}
+        chosen = self._usable_in(role, candidates, lambda im: im.path, self._where, self.limits[role],
+                                 (check_one_file, self.expected))
         return self._draw_k_shot(role, chosen)
 
     def _records(self, role: str, images: list[CaptionImage]) -> list[InstructRecord]:

@@ -81,20 +81,28 @@ class InstructionDataModule(ConversationDataModule):
     def read_sources(self) -> list[Source]:
         raise NotImplementedError
 
+    def _usable_records(self, source: Source, records: list[InstructRecord], limit: int | None = None) -> list:
+        # Named as the reader names them: the pids are "<source>-<index in the file>".
+        return self._usable(records, lambda r: r.image, lambda r: f"{source.path}: record {r.pid.rpartition('-')[2]}",
+                            source.report, limit)
+
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)  # per-device batch + trainer accumulation
         if self.datasets:  # read and tokenised once, e.g. fit then validate
             return
         self.require_tokenizer()
         roles = {"train": [], "val": []}
-        for source in self.read_sources():
+        sources = self.read_sources()
+        for source in sources:
             n = len(source.records)
             if not n:
                 raise DataError(f"{source.path}: no usable records ({source.report.summary()})")
             if self.val_size >= n:
                 raise ConfigError(f"val_size {self.val_size} leaves no training records: {source.name} has {n}")
-            roles["train"] += source.records[: n - self.val_size][: source.limit]
-            roles["val"] += source.records[n - self.val_size:]
+            # The records served whose image decodes (checked now, before any batch): of the training
+            # part the first `limit` such, of the held-out part all such.
+            roles["train"] += self._usable_records(source, source.records[: n - self.val_size], source.limit)
+            roles["val"] += self._usable_records(source, source.records[n - self.val_size:])
             self.report[source.name] = {"records": n, **source.report.summary()}
             _log_read(source.path, n, source.report)
         for role, records in roles.items():
@@ -102,7 +110,9 @@ class InstructionDataModule(ConversationDataModule):
                 continue
             samples, counts = self._encode(role, records)
             if not samples:
-                raise DataError(f"no {role} samples left (max_seq_len={self.max_seq_len}): {self.report}")
+                files = ", ".join(str(source.path) for source in sources)
+                raise DataError(f"{files}: no {role} samples left (every one lost its answer to max_seq_len="
+                                f"{self.max_seq_len}, or was skipped): {self.report}")
             self.report[role] = counts
             self._serve(role, samples)
 
@@ -259,6 +269,8 @@ class PromptsDataModule(SampleDataModule):
             return
         tokenizer = self.require_tokenizer()
         records, read = read_prompts(self.path, self.on_bad_record)
+        # Their images decode (checked now, before any batch).
+        records = self._usable(records, lambda r: r.image, lambda r: f"{self.path}: id {r.pid!r}", read)
         _log_read(self.path, len(records), read)
         if not records:
             raise DataError(f"{self.path}: no prompts ({read.summary()}); expected {PROMPTS_FORMAT}")

@@ -17,7 +17,7 @@ from typing import Any
 from data_modules.base import TaskDataModule, check_format, log_skipped
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.formats.instructions import InstructRecord
-from lavin_lightning.formats.mme import MMEQuestion, check_subtasks, read_mme_benchmark
+from lavin_lightning.formats.mme import MMEImage, MMEQuestion, check_subtasks, read_mme_benchmark
 from lavin_lightning.formats.records import ReadReport
 
 SERVED = ("test", "predict")
@@ -89,6 +89,9 @@ class MMEDataModule(TaskDataModule):
             raise ConfigError(f"MMEDataModule serves the MME benchmark zero-shot: test or predict, not {stage}")
         super().setup(stage)
 
+    def _where(self, image: MMEImage) -> str:
+        return f"{self.root / image.subtask}: image {image.name}"
+
     def mme_questions(self, role: str = "test") -> list[MMEQuestion]:
         """The questions served in ``role``, in the order served (the two of an image together)."""
         if role not in self.questions:
@@ -98,7 +101,9 @@ class MMEDataModule(TaskDataModule):
     def _build(self, role: str) -> None:
         report = ReadReport(self.on_bad_record)
         benchmark = read_mme_benchmark(self.root, self.subtasks, report)
-        images = [image for subtask in benchmark.values() for image in subtask[: self.limits[role]]]
+        # The first limit images of each subtask that decode (checked now, before any batch).
+        images = [image for subtask in benchmark.values()
+                  for image in self._usable(subtask, lambda im: im.path, self._where, report, self.limits[role])]
         questions = [question for image in images for question in image.questions]
         records = [InstructRecord(question.pid, ((self.prompt.format(question=instruction_text(question.question)),
                                                   None),), "", image.path)

@@ -10,42 +10,54 @@ Reads the public layout of lupantech/ScienceQA through :mod:`lavin_lightning.for
 Optionally, text-only instructions in the Alpaca format join the training set
 (``text_instructions``), as in LaVIN's mixture-of-modality training.
 
-All problems of a split are validated and tokenised once in ``setup()``, so a bad record
-fails before training starts and the dataset only has to load images.
+All problems of a split are validated (every field the prompts and the scorer read, of its
+type) and tokenised once in ``setup()``, and the images of the problems served are decoded
+there, so a bad record fails -- or with ``on_bad_record="skip"`` is left out and counted --
+before training starts, and the dataset only has to load images.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch.utils.data import DataLoader
 
-from data_modules.base import GlobalBatchDataModule, log_rank_zero
+from data_modules.base import GlobalBatchDataModule, log_rank_zero, log_skipped
 from data_modules.batching import Sample, encode_segments
 from data_modules.prompts import parse_prompt_format, scienceqa_prompt
 from data_modules.templates import instruction_prompt
 from lavin_lightning.errors import ConfigError, DataError
 from lavin_lightning.formats.instructions import read_alpaca
+from lavin_lightning.formats.records import ReadReport, check_on_bad_record
 from lavin_lightning.formats.scienceqa import (
+    PROBLEM_FORMAT,
+    PROMPT_FIELDS,
+    check_problem,
     problem_image,
     read_captions,
     read_pid_splits,
     read_problems,
-    require_fields,
     require_problems,
     split_pids,
 )
 
-_REQUIRED_FIELDS = ("question", "choices", "answer")
 # Ids of the instruction given to a model's instruction encoder (InstructBLIP's Q-Former), at most.
 _INSTRUCTION_MAX_LEN = 128
+# How test answers: generated, or the likeliest option's answer sentence.
+EVALUATIONS = ("generate", "option_likelihood")
+# Output formats whose target starts with the answer sentence.
+ANSWER_FIRST = ("A", "AL", "AE", "ALE", "AEL")
 
 
-def read_text_instructions(path: Path) -> list[tuple[str, str]]:
-    """``(prompt, output)`` per record of an Alpaca-format JSON file, all checked up front."""
-    records, _ = read_alpaca(path)
+def read_text_instructions(path: Path, report: ReadReport | None = None) -> list[tuple[str, str]]:
+    """``(prompt, output)`` per record of an Alpaca-format JSON file, all checked up front; with a
+    ``report``, as its ``on_bad_record`` says (bad records left out are counted in it)."""
+    records, read = read_alpaca(path, report.on_bad_record if report is not None else "error")
+    if report is not None:
+        report.skipped.update(read.skipped)
+        report.first_skipped = report.first_skipped or read.first_skipped
     return [(instruction_prompt(r.turns[0][0], r.input_text), r.turns[0][1]) for r in records]
 
 
@@ -76,15 +88,29 @@ class ScienceQADataModule(GlobalBatchDataModule):
             counting the modality token, "Image: " prefix and visual slots.
         min_answer_tokens: when truncating, keep at least this many answer tokens
             (cut the prompt from the left instead).
-        limit_train: use only the first N pids of the train split (quick runs).
-        limit_val: use only the first N pids of the val split.
-        limit_test: use only the first N pids of the test split (predict is not limited).
+        limit_train: use only the first N usable pids of the train split (quick runs).
+        limit_val: use only the first N usable pids of the val split.
+        limit_test: use only the first N usable pids of the test split (predict is not limited).
         text_instructions: JSON file of text-only instructions in the Alpaca format (a
             list of {"instruction", "input" (optional), "output"}). Every record joins the
             training set (not val/test, not cut by limit_train) as a text-only sample with
             prompt "Instruction: ...\n[Input: ...\n]Response:" and target "output",
             shuffled with the ScienceQA problems so that batches mix modalities (LaVIN's
             mixture-of-modality training). None = ScienceQA only.
+        on_bad_record: "error" stops at the first bad problem -- a field of the wrong type (e.g.
+            ``choices`` not a list of strings, ``question`` null or empty), an answer that is no
+            index into the choices, an image that is missing or does not decode --; "skip" leaves
+            such problems (and bad text_instructions records) out, counts them per reason in
+            ``truncation_report[role]["skipped"]`` (there in "skip" mode only) and logs them. A
+            pid of a split list that is not in problems.json is always an error (the files do
+            not belong together).
+        evaluation: how ``test`` answers. "generate": the model writes its answer (read by the
+            release's pattern); "option_likelihood": every option's answer sentence ("The answer
+            is A." ..., the answer form of the QCM-A family) is scored by its log-likelihood
+            after the prompt and the likeliest is the answer (each test sample carries the
+            sentences as ``candidates``; the model scores them in one forward). With an output
+            format that explains before it answers (LA, EA, ...), the sentence is scored right
+            after the prompt, where such a model was trained to explain: a different question.
         **kwargs: the batch, worker, tokenizer and image options of
             :class:`~data_modules.base.GlobalBatchDataModule` (``global_batch_size``,
             ``micro_batch_size``, ``eval_batch_size``, ``num_workers``, ``tokenizer``,
@@ -109,9 +135,15 @@ class ScienceQADataModule(GlobalBatchDataModule):
         limit_val: int | None = None,
         limit_test: int | None = None,
         text_instructions: str | None = None,
+        on_bad_record: str = "error",
+        evaluation: Literal["generate", "option_likelihood"] = "generate",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if evaluation not in EVALUATIONS:
+            raise ConfigError(f"evaluation must be one of {list(EVALUATIONS)}, got {evaluation!r}")
+        self.evaluation = evaluation
+        self.on_bad_record = check_on_bad_record(on_bad_record)
         # Check formats and sizes now so that a bad config fails before any data is read.
         parse_prompt_format(prompt_format)
         self.test_prompt_format = test_prompt_format or prompt_format
@@ -147,7 +179,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
         problems = read_problems(self.data_root)
         pid_splits = read_pid_splits(self.data_root)
         if self.use_caption:
-            self.captions = read_captions(self.data_root)
+            self.captions = read_captions(self.data_root, problems)
         self.problems, self.pid_splits = problems, pid_splits
 
     def split_pids(self, split: str) -> list[str]:
@@ -176,38 +208,48 @@ class ScienceQADataModule(GlobalBatchDataModule):
             if role not in self.datasets:
                 self._serve(role, self._samples(role, tokenizer))
 
+    def _checked(self, pid: str, required: tuple[str, ...], prompt_format: str) -> tuple[str, Path | None, str, str]:
+        """(pid, image file, prompt, target) of a problem whose fields are checked (BadRecord otherwise)."""
+        problem = check_problem(self.problems[pid], required)
+        image_path = problem_image(self.data_root, pid, problem) if self.use_images else None
+        text_in, target = scienceqa_prompt({**problem, "pid": pid}, prompt_format, self.use_caption,
+                                           self.captions.get(pid) or "")
+        return pid, image_path, text_in, target
+
     def _samples(self, role: str, tokenizer) -> list[Sample]:
         split, limit = self.splits[role], self.limits[role]
         pids = self.split_pids(split)
-        pids = pids[:limit] if limit is not None else pids
+        if not pids and role == "train":
+            raise DataError(f"{self.data_root / 'pid_splits.json'}: the train split {split!r} is empty; expected the "
+                            "pids to train on")
         require_problems(pids, split, self.data_root, self.problems)
         generate = role in ("test", "predict")
         prompt_format = self.test_prompt_format if generate else self.prompt_format
+        # Every field the prompts or the scorer read is checked when present; the prompts' are required.
+        required = PROMPT_FIELDS
 
-        inputs, targets, meta = [], [], []
-        problems_path = self.data_root / "problems.json"
-        for pid in pids:
-            problem = self.problems[pid]
-            require_fields(problem, pid, _REQUIRED_FIELDS, problems_path)
-            image_path = problem_image(self.data_root, pid, problem) if self.use_images else None
-            try:
-                text_in, target = scienceqa_prompt(
-                    {**problem, "pid": pid}, prompt_format, self.use_caption, self.captions.get(pid) or ""
-                )
-            except DataError as e:
-                raise DataError(f"{problems_path}: {e}") from None
-            inputs.append(text_in)
-            targets.append(target)
-            meta.append((pid, image_path))
+        # Every problem of the split is checked; of those, the first `limit` whose image decodes are served.
+        report, problems_path = ReadReport(self.on_bad_record), self.data_root / "problems.json"
+        checked = [report.screen(f"{problems_path}: pid {pid}", PROBLEM_FORMAT, self._checked, pid, required,
+                                 prompt_format) for pid in pids]
+        checked = self._usable([c for c in checked if c is not None], lambda c: c[1],
+                               lambda c: f"{problems_path}: pid {c[0]}", report, limit)
+        inputs = [text_in for _, _, text_in, _ in checked]
+        targets = [target for _, _, _, target in checked]
+        meta = [(pid, image_path) for pid, image_path, _, _ in checked]
 
         n_instructions = None
         if role == "train" and self.text_instructions is not None:
             # Text-only samples (no image, no choices), tokenised like the problems below.
-            pairs = read_text_instructions(Path(self.text_instructions))
+            pairs = read_text_instructions(Path(self.text_instructions), report)
             inputs += [text_in for text_in, _ in pairs]
             targets += [target for _, target in pairs]
             meta += [(f"instruction-{index}", None) for index in range(len(pairs))]
             n_instructions = len(pairs)
+        log_skipped(f"ScienceQA {role} (split {split!r})", f"{len(checked)} problems", report)
+        if not inputs and report.skipped:
+            raise DataError(f"{problems_path}: no usable problems in split {split!r} ({dict(report.skipped)} "
+                            "skipped); expected " + PROBLEM_FORMAT)
 
         # Tokenise prompt and prompt+target separately with no special tokens, as the
         # release does; BOS/EOS are added by the encoder.
@@ -220,6 +262,10 @@ class ScienceQADataModule(GlobalBatchDataModule):
         if self.instruction_tokenizer is not None and inputs:
             instruction_ids = self.instruction_tokenizer(inputs, truncation=True,
                                                          max_length=_INSTRUCTION_MAX_LEN)["input_ids"]
+
+        candidates = [None] * len(inputs)
+        if role == "test" and self.evaluation == "option_likelihood":
+            candidates = self._option_candidates([pid for pid, _ in meta], inputs, prompt_ids, tokenizer)
 
         samples, n_truncated, n_prompt_cut = [], 0, 0
         for k, (pid, image_path) in enumerate(meta):
@@ -237,7 +283,7 @@ class ScienceQADataModule(GlobalBatchDataModule):
                                                           self.min_answer_tokens, where=f"pid {pid}")
             n_truncated += truncated
             n_prompt_cut += cut
-            samples.append(Sample(pid, ids, labels, image_path, instruction_ids[k]))
+            samples.append(Sample(pid, ids, labels, image_path, instruction_ids[k], candidates[k]))
 
         self.truncation_report[role] = {
             "split": split,
@@ -245,6 +291,8 @@ class ScienceQADataModule(GlobalBatchDataModule):
             "truncated": n_truncated,
             "prompt_cut": n_prompt_cut,
         }
+        if self.on_bad_record == "skip":
+            self.truncation_report[role]["skipped"] = dict(report.skipped)
         if n_instructions is not None:
             self.truncation_report[role]["text_instructions"] = n_instructions
         log_rank_zero(
@@ -254,6 +302,32 @@ class ScienceQADataModule(GlobalBatchDataModule):
             role, split, n_truncated, len(samples), self.max_seq_len, n_prompt_cut,
         )
         return samples
+
+    def _option_candidates(self, pids: list[str], inputs: list[str], prompt_ids: list[list[int]],
+                           tokenizer) -> list[tuple[tuple[int, ...], ...]]:
+        """Per problem, the token ids of each option's answer sentence after its prompt: prompt +
+        sentence tokenised together and the prompt's length cut off, as training rows are built."""
+        input_format, output_format = parse_prompt_format(self.test_prompt_format)
+        if output_format not in ANSWER_FIRST:
+            log_rank_zero(logging.WARNING, "ScienceQA option_likelihood with the output format %r (explanation first): "
+                          "each answer sentence is scored right after the prompt", output_format)
+        sentences = []
+        for pid in pids:
+            problem = self.problems[pid]
+            sentences.append([scienceqa_prompt({**problem, "pid": pid, "answer": i}, f"{input_format}-A")[1]
+                              for i in range(len(problem["choices"]))])
+        joined = [text_in + sentence for text_in, options in zip(inputs, sentences) for sentence in options]
+        full = iter(tokenizer(joined, add_special_tokens=False)["input_ids"] if joined else [])
+        candidates, shifted = [], 0
+        for prompt, options in zip(prompt_ids, sentences):
+            ids = [next(full) for _ in options]
+            shifted += any(row[: len(prompt)] != prompt for row in ids)
+            candidates.append(tuple(tuple(row[len(prompt):]) for row in ids))
+        if shifted:
+            log_rank_zero(logging.WARNING, "ScienceQA option_likelihood: for %d problems the tokens of prompt + answer "
+                          "sentence start other than the prompt's; the sentence's tokens after the prompt's length "
+                          "are scored after the prompt", shifted)
+        return candidates
 
     # ---------------------------------------------------------------- loaders
 

@@ -45,6 +45,8 @@ class SingleFileVQADataModule(VQADataModule):
     # Not the VQAv2 questions/annotations layout: VQAEvaluation leaves these data modules alone.
     official = None
     answers_field = "answers"
+    # How many answers the scorer needs per scored (test) question; None: at least one.
+    scored_answers: int | None = None
     expected = ""  # the format, quoted in bad-record messages
 
     def __init__(self, root: str, data_pattern: str, **kwargs: Any) -> None:
@@ -55,8 +57,8 @@ class SingleFileVQADataModule(VQADataModule):
         """The file's other top-level fields and its list of question records."""
         raise NotImplementedError(f"{type(self).__name__} must implement _entries()")
 
-    def _check(self, raw: dict) -> None:
-        """Checks of one question record particular to the format; raise ``BadRecord``."""
+    def _check(self, raw: dict, role: str) -> None:
+        """Checks of one question record of ``role`` particular to the format; raise ``BadRecord``."""
 
     def _read(self, role: str) -> tuple[list[InstructRecord], list[dict], None, dict, None]:
         """Valid records of a role plus the question records behind them (VQADataModule's layout,
@@ -67,8 +69,9 @@ class SingleFileVQADataModule(VQADataModule):
 
         def question(raw: Any, position: int) -> tuple[InstructRecord, dict]:
             check_question(raw, position, seen)
-            target = answers_target(raw, self.answers_field, role in LABELLED)
-            self._check(raw)
+            target = answers_target(raw, self.answers_field, role in LABELLED,
+                                    self.scored_answers if role == "test" else None)
+            self._check(raw, role)
             return self._record(role, raw, target), raw
 
         records, used = [], []
@@ -111,6 +114,7 @@ class TextVQADataModule(SingleFileVQADataModule):
     """
 
     expected = TEXTVQA_FORMAT
+    scored_answers = 10  # the TextVQA evaluator takes exactly 10 answers per question
 
     def __init__(self, root: str, data_pattern: str = "TextVQA_0.5.1_{split}.json",
                  image_pattern: str = "{folder}/{image_id}.jpg", image_folders: dict[str, str] | None = None,

@@ -142,20 +142,17 @@ class VQADataModule(TaskDataModule):
     def _image_file(self, split: str, image_id: Any) -> Path:
         return self.root / self.image_pattern.format(split=split, image_id=image_id)
 
-    def _existing_image(self, split: str, image_id: Any) -> Path:
-        """The image of a question; checked here (setup) so that a missing image cannot stop
-        an epoch halfway."""
+    def _image_path(self, split: str, image_id: Any) -> Path:
+        """The image file of a question (whether it is there and decodes is checked in :meth:`_build`,
+        for the questions served)."""
         try:
-            image = self._image_file(split, image_id)
-        except (ValueError, TypeError) as e:
+            return self._image_file(split, image_id)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
             raise BadRecord("bad_image_id", f"image_id {image_id!r} does not fit image_pattern ({e})") from None
-        if not image.is_file():
-            raise BadRecord("missing_image", f"image {image} not found")
-        return image
 
     def _record(self, role: str, raw: dict, answer: str | None) -> InstructRecord:
         """The conversation of a checked question: the prompt, and for train/val its answer."""
-        image = self._existing_image(self._split(role), raw["image_id"])
+        image = self._image_path(self._split(role), raw["image_id"])
         user = self.prompt.format(question=raw["question"].strip())
         return InstructRecord(str(raw["question_id"]), ((user, answer if role in LABELLED else None),), "", image)
 
@@ -187,7 +184,7 @@ class VQADataModule(TaskDataModule):
             if afile is None:  # test/predict without annotations: nothing to check or score
                 return None, None
             annotation = annotation_of(pid, annotations, repeated, qfile)
-            return checked_target(annotation), annotation
+            return checked_target(annotation, scored=role == "test"), annotation
 
         records, used_q, used_a = [], [], []
         for pid, q in questions.items():
@@ -210,7 +207,10 @@ class VQADataModule(TaskDataModule):
         if role == "val" and not self.report["val"]["questions"]:
             log_rank_zero(logging.INFO, "%s has no questions; validation is skipped", self.questions_file(role))
             return
-        chosen = self._draw_k_shot(role, list(range(len(records)))[: self.limits[role]])
+        # The first limit questions whose image is there and decodes (checked now, not mid-epoch).
+        usable = self._usable_in(role, range(len(records)), lambda i: records[i].image,
+                                 lambda i: question_where(self.questions_file(role), used_q[i]), self.limits[role])
+        chosen = self._draw_k_shot(role, usable)
         samples = self._serve_records(role, [records[i] for i in chosen])
         # Official dicts cover exactly the rows served (after limits, k-shot and dropped long rows).
         kept = {s.pid for s in samples}

@@ -1,7 +1,9 @@
 """`lavin-lightning`: dispatch to Lightning's fit/validate/test/predict or to one of the suite's commands.
 
 Nothing is done here but choosing the command; each lives in `lavin_lightning.commands` and is
-imported only when it runs, so `lavin-lightning --help` is instant.
+imported only when it runs, so `lavin-lightning --help` is instant. Our own errors (a config, a
+data file or a checkpoint that is wrong; a diverged run) end the command with their message
+alone, exit status 1; `--debug` anywhere on the command line shows their traceback instead.
 """
 
 from __future__ import annotations
@@ -36,8 +38,29 @@ def usage() -> str:
     lines = ["usage: lavin-lightning COMMAND [options]   (lavin-lightning COMMAND --help for its options)", ""]
     lines += [f"  {name:<10}{summary}" for name, summary in LIGHTNING.items()]
     lines += [f"  {name:<10}{summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += ["", "fit|validate|test|predict read LightningCLI configs: --config A.yaml [--config B.yaml] [--key=v]"]
+    lines += ["", "fit|validate|test|predict read LightningCLI configs: --config A.yaml [--config B.yaml] [--key=v]",
+              "--debug (with any command): show the traceback of an error instead of its message alone"]
     return "\n".join(lines)
+
+
+DEBUG_FLAG = "--debug"
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """Our own error that `err` is or was raised from (`raise ... from`: jsonargparse wraps what a
+    model's `__init__` raises), whose message is the whole story; None for anything else (a bug,
+    an interrupt), which keeps its traceback."""
+    ours: tuple[type[BaseException], ...] = (ConfigError, DataError, CheckpointError)
+    base = sys.modules.get("lavin_lightning.models.base")  # only a run that imported it can diverge
+    if base is not None:
+        ours += (base.NonFiniteError,)
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ours):
+            return err
+        seen.add(id(err))
+        err = err.__cause__
+    return None
 
 
 def lightning_main(args: list[str] | None) -> None:
@@ -47,11 +70,8 @@ def lightning_main(args: list[str] | None) -> None:
     from lavin_lightning.config import SuiteCLI
     from lavin_lightning.models.base import PEFTModule
 
-    try:
-        SuiteCLI(PEFTModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-                 save_config_kwargs={"overwrite": True})
-    except (ConfigError, DataError, CheckpointError) as err:  # their message is the whole story, as for commands
-        raise SystemExit(f"error: {err}") from None
+    SuiteCLI(PEFTModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
+             save_config_kwargs={"overwrite": True})
 
 
 def finish_wandb() -> None:
@@ -62,10 +82,32 @@ def finish_wandb() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lavin_lightning import console
-
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG_FLAG in argv
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    try:
+        dispatch(argv, from_command_line)
+    except Exception as err:
+        ours = user_error(err)
+        if ours is None or debug:
+            raise
+        close_progress_bars()
+        raise SystemExit(f"error: {ours}") from None
+
+
+def close_progress_bars() -> None:
+    """End the progress bars a run left open (Lightning's, tqdm), so that the message that follows
+    starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def dispatch(argv: list[str], from_command_line: bool) -> None:
+    """Run the command `argv` names (`--debug` already taken out)."""
+    from lavin_lightning import console
+
     console.configure()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -74,10 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     if name in LIGHTNING:
         from lavin_lightning.config import expand_config_args
 
-        try:
-            argv = expand_config_args(argv)  # a table row's `# extends:` files come with it
-        except ConfigError as err:
-            raise SystemExit(f"error: {err}") from None
+        argv = expand_config_args(argv)  # a table row's `# extends:` files come with it
         # From the shell LightningCLI reads sys.argv itself (handing it `args` too makes it warn).
         if from_command_line:
             sys.argv[1:] = argv
@@ -87,10 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         raise SystemExit(f"lavin-lightning: unknown command {name!r}\n\n{usage()}")
     command = importlib.import_module(f"lavin_lightning.commands.{COMMANDS[name][0]}")
-    try:
-        command.main(argv[1:])
-    except (ConfigError, DataError, CheckpointError) as err:
-        raise SystemExit(f"error: {err}") from None
+    command.main(argv[1:])
     finish_wandb()
 
 

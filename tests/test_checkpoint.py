@@ -131,3 +131,19 @@ def test_adapter_file_size_is_the_size_of_the_export(make_tiny_lavin, tmp_path):
     module = make_tiny_lavin()
     save_adapter(module, tmp_path)
     assert adapter_file_size(module) == (tmp_path / ADAPTER_WEIGHTS).stat().st_size
+
+
+def test_settings_added_after_an_export_was_written_are_not_differences(make_tiny_lavin, tmp_path):
+    from lavin_lightning.checkpoint import settings_diff
+
+    module = make_tiny_lavin()
+    save_adapter(module, tmp_path / "old")
+    record = json.loads((tmp_path / "old" / ADAPTER_CONFIG).read_text())
+    del record["config"]["vision_routing"]  # as an export written before the setting existed
+    (tmp_path / "old" / ADAPTER_CONFIG).write_text(json.dumps(record))
+    load_adapter(make_tiny_lavin(), tmp_path / "old")
+    # A setting the checkpoint records and the model no longer has, or holds otherwise, still counts.
+    assert settings_diff({"generation": {"seed": 0}}, {"generation": {"seed": 0, "streams": "sample"}}) == []
+    assert settings_diff({"generation": {"seed": 0}}, {"generation": {"seed": 1}}) == \
+        ["generation.seed: checkpoint 0 vs model 1"]
+    assert settings_diff({"retired": 1}, {}) == ["retired: checkpoint 1 vs model None"]

@@ -78,6 +78,13 @@ class AdapterModule(nn.Module):
         return self._memo[key]
 
 
+class FoldedLayer(nn.Module):
+    """A frozen layer into whose weights adapters were folded for inference (LaVIN's
+    re-parameterisation); `active` False (`adapters_disabled`) runs the layer as it was."""
+
+    active: bool = True
+
+
 def _adapter_modules(model: nn.Module) -> list[AdapterModule]:
     return [m for m in model.modules() if isinstance(m, AdapterModule)]
 
@@ -109,7 +116,8 @@ def peft_layers(model: nn.Module) -> list[nn.Module]:
 @contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[None]:
     """Run `model` as its frozen backbone: every adapter seam passes through."""
-    modules, lora_layers = _adapter_modules(model), peft_layers(model)
+    modules = [m for m in model.modules() if isinstance(m, (AdapterModule, FoldedLayer))]
+    lora_layers = peft_layers(model)
     for module in modules:
         module.active = False
     for layer in lora_layers:

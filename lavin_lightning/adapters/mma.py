@@ -29,10 +29,13 @@ from torch import nn
 
 from lavin_lightning.adapters.core import (
     AdapterModule,
+    FoldedLayer,
     Injection,
+    NormThenAdapter,
     attach,
     match_modules,
     prefixed,
+    replace_module,
     unwrapped_norms,
     wrap_norms,
 )
@@ -40,6 +43,9 @@ from lavin_lightning.errors import ConfigError
 
 # The norms an MM-Adapter follows in a transformers LLaMA: before attention, before the FFN.
 LLM_NORMS = {"attn": r"model\.layers\.(\d+)\.input_layernorm", "ffn": r"model\.layers\.(\d+)\.post_attention_layernorm"}
+# The linear layers that read each norm's output (where an adapter after that norm folds into).
+NORM_CONSUMERS = {"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                  "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")}
 
 
 @dataclass
@@ -113,6 +119,10 @@ class GroupedLinear(nn.Module):
         grouped = x.unflatten(-1, (self.groups, -1))
         out = torch.einsum("...gi,goi->...go", grouped, self.weight).flatten(-2)
         return out + self.bias
+
+    def dense(self) -> torch.Tensor:
+        """The (out, in) block-diagonal matrix this layer multiplies by."""
+        return torch.block_diag(*self.weight)
 
 
 def _down_projection(width: int, adapter_dim: int) -> nn.Linear:
@@ -230,6 +240,146 @@ def routing_cache(model: nn.Module) -> Iterator[None]:
     finally:
         for router in routers:
             router._cache_on, router._cached_weights = False, None
+
+
+# --------------------------------------------------------------------------- re-parameterisation
+
+
+class ModalityFoldedLinear(FoldedLayer):
+    """A frozen nn.Linear that reads a norm's output, with the MM-Adapter after that norm folded
+    into its weights once per modality (spec, section 2):
+
+        W (Z + s (U_m (A Z + a) + u_m)) + b  =  W_m Z + b_m,   W_m = W + s (W U_m) A,
+                                                              b_m = b + s W (U_m a + u_m)
+
+    with A, a the adapter's down-projection and U_m, u_m its up-projection mixed by modality m's
+    routing weights. `modality` (B,) long says each row's modality; it is set for a batch by
+    `modality_rows`. Rows of one modality cost one `F.linear`, as the frozen layer alone."""
+
+    def __init__(self, base: nn.Linear, weights: torch.Tensor, biases: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.register_buffer("weights", weights, persistent=False)  # (2, out, in)
+        self.register_buffer("biases", biases, persistent=False)  # (2, out)
+        self.modality: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return self.base(x)
+        if self.modality is None:
+            raise RuntimeError("a folded MM-Adapter layer needs its batch's modalities (LaVINModel sets them)")
+        first = int(self.modality[0])
+        if bool((self.modality == first).all()):
+            return F.linear(x, self.weights[first], self.biases[first])
+        out = x.new_empty(*x.shape[:-1], self.weights.shape[1])
+        for m in (0, 1):
+            rows = (self.modality == m).nonzero().squeeze(-1)
+            out[rows] = F.linear(x[rows], self.weights[m], self.biases[m])
+        return out
+
+
+@torch.no_grad()
+def _fold(base: nn.Linear, adapter: AdapterModule, routing: torch.Tensor | None) -> ModalityFoldedLinear:
+    """`base` with `adapter` (a RepAdapter, or a sample-routed RepAdapterRouter whose routing
+    weights per modality are `routing` (2, 2)) folded in. Computed in float64 (once, small next
+    to a forward pass), so that the folded weights carry only the rounding of their own dtype."""
+    weight = base.weight.double()
+    down_w, down_b = adapter.down.weight.double(), adapter.down.bias.double()
+    if isinstance(adapter, RepAdapterRouter):
+        routing = routing.double()
+        experts = [(e.dense().double(), e.bias.double()) for e in adapter.up_experts]
+        ups = [(routing[m, 0] * experts[0][0] + routing[m, 1] * experts[1][0],
+                routing[m, 0] * experts[0][1] + routing[m, 1] * experts[1][1]) for m in (0, 1)]
+    else:
+        ups = [(adapter.up.dense().double(), adapter.up.bias.double())] * 2
+    bias = base.bias.double() if base.bias is not None else weight.new_zeros(weight.shape[0])
+    weights, biases = [], []
+    for up_w, up_b in ups:
+        weights.append(weight + adapter.scale * (weight @ up_w) @ down_w)
+        biases.append(bias + adapter.scale * weight @ (up_w @ down_b + up_b))
+    dtype = base.weight.dtype
+    return ModalityFoldedLinear(base, torch.stack(weights).to(dtype), torch.stack(biases).to(dtype))
+
+
+class Folding:
+    """The LLM's MM-Adapters folded into the linear layers after their norms (`fold`); `unfold`
+    puts every module back as it was."""
+
+    def __init__(self, llm: nn.Module, routing: dict[str, torch.Tensor]):
+        self.llm = llm
+        self.routing = routing  # per folded router (its norm's name): the weights (modality, expert)
+        self.replaced: list[tuple[str, nn.Module]] = []  # (name, original module)
+
+    def swap(self, name: str, new: nn.Module) -> None:
+        self.replaced.append((name, self.llm.get_submodule(name)))
+        replace_module(self.llm, name, new)
+
+    def layers(self) -> list[ModalityFoldedLinear]:
+        return [m for m in self.llm.modules() if isinstance(m, ModalityFoldedLinear)]
+
+    def unfold(self) -> None:
+        for name, original in reversed(self.replaced):
+            replace_module(self.llm, name, original)
+        self.replaced.clear()
+
+
+def fold(llm: nn.Module, routing: dict[str, torch.Tensor]) -> Folding:
+    """Fold every MM-Adapter after a norm of `llm` into the linear layers that read that norm
+    (NORM_CONSUMERS), per modality; the norms run bare meanwhile. `routing`: for each adapted
+    norm's name, the routing weights (2 modalities, 2 experts) of its sample-routed adapter
+    (the modality token's: they depend on the modality only). Eval mode only: dropout must be off."""
+    wrapped = check_foldable(llm)
+    for name, wrapper in wrapped:
+        if isinstance(wrapper.adapter, RepAdapterRouter) and name not in routing:
+            raise ConfigError(f"{name}: the routing of its adapter is not given")
+    folding = Folding(llm, {name: routing[name] for name, wrapper in wrapped
+                            if isinstance(wrapper.adapter, RepAdapterRouter)})
+    for name, wrapper in wrapped:
+        parent, _, norm_name = name.rpartition(".")
+        for consumer in NORM_CONSUMERS[norm_name]:
+            target = f"{parent}.{consumer}"
+            folding.swap(target, _fold(llm.get_submodule(target), wrapper.adapter, routing.get(name)))
+        folding.swap(name, wrapper.norm)
+    return folding
+
+
+def check_foldable(llm: nn.Module) -> list[tuple[str, NormThenAdapter]]:
+    """The MM-Adapter seams of `llm` (name, wrapper), if all of them fold exactly: eval mode,
+    routed once per sample, read by plain, unsharded nn.Linear layers. ConfigError otherwise."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = next((name for name, m in llm.named_modules() if isinstance(m, FSDPModule)), None)
+    if sharded is not None:
+        raise ConfigError(f"{sharded or 'the LLM'} is sharded (FSDP): the MM-Adapters do not fold into sharded weights")
+    wrapped = [(name, m) for name, m in llm.named_modules() if isinstance(m, NormThenAdapter)]
+    for name, wrapper in wrapped:
+        adapter = wrapper.adapter
+        if adapter.training:
+            raise ConfigError("MM-Adapters fold for inference only (dropout must be off): call .eval() first")
+        if isinstance(adapter, RepAdapterRouter) and adapter.routing != "sample":
+            raise ConfigError(f"{name}: an adapter routed per token does not fold (routing {adapter.routing!r})")
+        parent, _, norm_name = name.rpartition(".")
+        for consumer in NORM_CONSUMERS[norm_name]:
+            base = llm.get_submodule(f"{parent}.{consumer}")
+            if type(base) is not nn.Linear or type(base.weight.data) is not torch.Tensor:
+                raise ConfigError(f"{parent}.{consumer} is a {type(base).__name__} holding a "
+                                  f"{type(base.weight.data).__name__} (quantized or sharded): the MM-Adapter does not "
+                                  "fold into it exactly")
+    return wrapped
+
+
+@contextmanager
+def modality_rows(folding: Folding | None, has_image: torch.Tensor) -> Iterator[None]:
+    """Every folded layer reads rows of image-text samples (1) and text-only ones (0) with that
+    modality's weights while the block is open."""
+    layers = folding.layers() if folding is not None else []
+    for layer in layers:
+        layer.modality = has_image.long()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.modality = None
 
 
 class VisualNeck(AdapterModule):

@@ -164,8 +164,13 @@ def load_instructblip(spec: InstructBLIPSpec) -> InstructBlipForConditionalGener
     dtype = _torch_dtype(spec.dtype)
     counting = torch.get_default_device().type == "meta"
     if spec._local() and not counting:
+        root = resolve_path(spec.path)
+        if not any(root.glob("*.safetensors")):
+            raise ConfigError(f"no *.safetensors weights in {root} (pickled .bin files are never loaded: "
+                              f"unpickling can run code). {HOW_TO_GET_INSTRUCTBLIP}")
+        # use_safetensors: never unpickle a .bin; local_files_only: never touch the hub.
         model = InstructBlipForConditionalGeneration.from_pretrained(
-            resolve_path(spec.path), local_files_only=True, dtype=dtype, attn_implementation="sdpa")
+            root, local_files_only=True, use_safetensors=True, dtype=dtype, attn_implementation="sdpa")
     else:
         config = instructblip_config(spec)
         config._attn_implementation = "sdpa"

@@ -9,6 +9,9 @@
   `test/routing/vision.layer03/image` (the ViT sees the image samples only), and a table of
   their means (`<stage>/routing/means`).
 
+With the LLM's MM-Adapters folded into the frozen weights (test, predict) their routing is
+the fold's, per modality, once per sample.
+
 experiments/base/wandb.yaml adds this callback. It works on rank 0 (the routing of rank 0's
 share of the samples) and only while a W&B logger is active: otherwise nothing is recorded.
 """
@@ -90,6 +93,7 @@ class WandbDashboards(Callback):
         self.loggers: list = []
         self.described = False
         self.routers: dict[str, RepAdapterRouter] = {}  # label -> router, while recording
+        self.folded: dict[str, torch.Tensor] = {}  # label -> (modality, expert) weights of a folded LLM router
         self.values: dict[tuple[str, str], list[torch.Tensor]] = {}
         self.has_image: torch.Tensor | None = None
 
@@ -129,7 +133,13 @@ class WandbDashboards(Callback):
         if not self.loggers or trainer.sanity_checking:
             return
         found = {name: m for name, m in pl_module.named_modules() if isinstance(m, RepAdapterRouter)}
-        self.routers = {label: found[name] for name, label in router_labels(list(found)).items()}
+        # LLM routers folded into the frozen weights (test, predict) route by modality alone.
+        folding = getattr(getattr(pl_module, "model", None), "folding", None)
+        folded = {f"model.llm.{name}.adapter": weights for name, weights in
+                  (folding.routing.items() if folding is not None else ())}
+        labels = router_labels(list(found) + list(folded))
+        self.routers = {labels[name]: router for name, router in found.items()}
+        self.folded = {labels[name]: weights for name, weights in folded.items()}
         self.values = defaultdict(list)
         for router in self.routers.values():
             router.recorded = []
@@ -148,6 +158,10 @@ class WandbDashboards(Callback):
                 self.keep(label, "image", first[self.has_image])
                 self.keep(label, "text", first[~self.has_image])
             router.recorded.clear()
+        for label, weights in self.folded.items():
+            first = weights[self.has_image.long().to(weights.device), 0].float()
+            self.keep(label, "image", first[self.has_image])
+            self.keep(label, "text", first[~self.has_image])
 
     def keep(self, label: str, modality: str, values: torch.Tensor) -> None:
         chunks = self.values[(label, modality)]
@@ -162,7 +176,7 @@ class WandbDashboards(Callback):
             chunks.append(values.cpu())
 
     def log_routing(self, trainer, stage: str) -> None:
-        if not self.routers:
+        if not self.routers and not self.folded:
             return
         import wandb
 
@@ -182,10 +196,10 @@ class WandbDashboards(Callback):
     def stop_routing(self) -> None:
         for router in self.routers.values():
             router.recorded = None
-        self.routers, self.values, self.has_image = {}, {}, None
+        self.routers, self.folded, self.values, self.has_image = {}, {}, {}, None
 
     def batch_start(self, batch) -> None:
-        if self.routers:
+        if self.routers or self.folded:
             has_image = batch.get("has_image")
             self.has_image = (has_image.bool() if has_image is not None
                               else torch.zeros(len(batch["pids"]), dtype=torch.bool))

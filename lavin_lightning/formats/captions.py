@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lavin_lightning.errors import DataError
-from lavin_lightning.formats.records import BadRecord, ReadReport, is_int, read_json_list, records_at
+from lavin_lightning.formats.records import BadRecord, ReadReport, is_id, is_int, read_json_list, records_at
 from lavin_lightning.io import read_json
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
@@ -55,12 +55,23 @@ class CaptionImage:
     split: str
     path: Path
     sentences: list[str] = field(default_factory=list)
+    # TextCaps: the image file each entry names (all the same in a consistent file); see check_one_file.
+    entry_files: list[Path] = field(default_factory=list)
+
+
+def check_one_file(image: CaptionImage) -> CaptionImage:
+    """BadRecord when the entries of an image name different files (which one would be its picture?)."""
+    others = sorted({str(path) for path in image.entry_files if path != image.path})
+    if others:
+        raise BadRecord("conflicting_image_path", f"its entries name {len(others) + 1} image files: {image.path} "
+                        f"(the first entry's) and {', '.join(others)}")
+    return image
 
 
 # --------------------------------------------------------------------------- Karpathy
 
 
-def _karpathy_image(raw: Any, position: int, image_root: Path, seen: set[int]) -> CaptionImage:
+def _karpathy_image(raw: Any, position: int, image_root: Path, seen: set[int], scored: set[int]) -> CaptionImage:
     if not isinstance(raw, dict) or not is_int(raw.get("imgid")):
         raise BadRecord("bad_image", f"image #{position} is not an object with an int imgid")
     imgid = raw["imgid"]
@@ -72,6 +83,11 @@ def _karpathy_image(raw: Any, position: int, image_root: Path, seen: set[int]) -
     cocoid = raw.get("cocoid")
     if cocoid is not None and not is_int(cocoid):
         raise BadRecord("bad_image", f"cocoid {cocoid!r} is not an int")
+    # The id an image is served and scored under: two images under one id would merge their references.
+    image_id = imgid if cocoid is None else cocoid
+    if image_id in scored:
+        raise BadRecord("duplicate_cocoid", f"the image id {image_id} (cocoid, else imgid) appears more than once")
+    scored.add(image_id)
     filename, filepath = raw.get("filename"), raw.get("filepath", "")
     if not isinstance(filename, str) or not filename or not isinstance(filepath, str):
         raise BadRecord("bad_image", "filename (and filepath when present) must be strings")
@@ -86,8 +102,7 @@ def _karpathy_image(raw: Any, position: int, image_root: Path, seen: set[int]) -
         if not text.strip():
             raise BadRecord("empty_raw", f"sentences[{i}].raw is empty")
         captions.append(text.strip())
-    return CaptionImage(imgid, imgid if cocoid is None else cocoid, raw["split"], image_root / filepath / filename,
-                        captions)
+    return CaptionImage(imgid, image_id, raw["split"], image_root / filepath / filename, captions)
 
 
 def read_karpathy(path: str | os.PathLike, image_root: str | os.PathLike,
@@ -97,11 +112,12 @@ def read_karpathy(path: str | os.PathLike, image_root: str | os.PathLike,
     data = read_json(path, KARPATHY_FORMAT)
     records = records_at(data, "images", path, KARPATHY_FORMAT)
     seen: set[int] = set()
+    scored: set[int] = set()
     images = []
     for position, raw in enumerate(records):
         imgid = raw.get("imgid") if isinstance(raw, dict) else None
         kept = report.screen(f"{path}: image imgid {imgid!r}", KARPATHY_FORMAT, _karpathy_image, raw, position,
-                             Path(image_root), seen)
+                             Path(image_root), seen, scored)
         if kept is not None:
             images.append(kept)
     return images, len(records)
@@ -123,10 +139,10 @@ def read_textcaps(
     caption_ids: set[int] = set()
 
     def entry(raw: Any, position: int) -> tuple[dict, Path]:
-        if not isinstance(raw, dict) or not isinstance(raw.get("image_id"), str) or not raw["image_id"]:
-            raise BadRecord("bad_entry", f"entry #{position} is not an object with a string image_id")
+        if not isinstance(raw, dict) or not isinstance(raw.get("image_id"), str) or not raw["image_id"].strip():
+            raise BadRecord("bad_entry", f"entry #{position} is not an object with a (non-empty) string image_id")
         image_path = raw.get("image_path")
-        if not isinstance(image_path, str) or not image_path:
+        if not isinstance(image_path, str) or not image_path.strip():
             raise BadRecord("bad_entry", "field 'image_path' is missing or not a string")
         caption, caption_id = raw.get("caption_str"), raw.get("caption_id")
         if caption is None:
@@ -160,6 +176,7 @@ def read_textcaps(
             continue
         raw, image = kept
         im = images.setdefault(raw["image_id"], CaptionImage(raw["image_id"], raw["image_id"], split, image))
+        im.entry_files.append(image)
         if raw.get("caption_str") is not None:
             im.sentences.append(raw["caption_str"].strip())
     return list(images.values()), len(entries)
@@ -169,13 +186,14 @@ def read_textcaps(
 
 
 def _image_id(value: object, path: Path, where: str) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise DataError(f"{path}: {where} has image_id {value!r}; expected an integer or a string")
+    if not is_id(value):
+        raise DataError(f"{path}: {where} has image_id {value!r}; expected an integer or a non-empty string")
     return value
 
 
-def _captioned(entry: object, path: Path, where: str, layout: str) -> tuple[int | str, str]:
-    """(image_id, caption) of one annotation or result entry, checked."""
+def _captioned(entry: object, path: Path, where: str, layout: str, empty: bool = True) -> tuple[int | str, str]:
+    """(image_id, caption) of one annotation or result entry, checked; ``empty``: the caption may be
+    blank (a generated one may; a reference may not)."""
     if not isinstance(entry, dict) or "image_id" not in entry:
         raise DataError(f'{path}: {where} has no "image_id"; expected {layout}')
     image_id = _image_id(entry["image_id"], path, where)
@@ -183,6 +201,8 @@ def _captioned(entry: object, path: Path, where: str, layout: str) -> tuple[int 
     if not isinstance(caption, str):
         kind = "no" if "caption" not in entry else f"a {type(caption).__name__}"
         raise DataError(f"{path}: {where} (image id {image_id!r}) has {kind} caption; expected a string")
+    if not empty and not caption.strip():
+        raise DataError(f"{path}: {where} (image id {image_id!r}) has an empty caption; expected {layout}")
     return image_id, caption
 
 
@@ -199,7 +219,7 @@ def read_coco_references(path: str | os.PathLike) -> dict[int | str, list[str]]:
         raise DataError(f'{path}: the "annotations" list is empty; expected reference captions')
     by_image: dict[int | str, list[str]] = {}
     for index, ann in enumerate(annotations):
-        image_id, caption = _captioned(ann, path, f"annotation {index}", REFERENCES_FORMAT)
+        image_id, caption = _captioned(ann, path, f"annotation {index}", REFERENCES_FORMAT, empty=False)
         by_image.setdefault(image_id, []).append(caption)
 
     images = data.get("images")
@@ -208,10 +228,14 @@ def read_coco_references(path: str | os.PathLike) -> dict[int | str, list[str]]:
     if not isinstance(images, list):
         raise DataError(f'{path}: "images" is a {type(images).__name__}; expected a list of {{"id", ...}}')
     ordered: dict[int | str, list[str]] = {}
+    seen: set[int | str] = set()
     for index, image in enumerate(images):
         if not isinstance(image, dict) or "id" not in image:
             raise DataError(f'{path}: images entry {index} has no "id"')
         image_id = _image_id(image["id"], path, f"images entry {index}")
+        if image_id in seen:
+            raise DataError(f'{path}: images entry {index} repeats the id {image_id!r}; expected each image once')
+        seen.add(image_id)
         if image_id in by_image:
             ordered[image_id] = by_image[image_id]
     for image_id, captions in by_image.items():

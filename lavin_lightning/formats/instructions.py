@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from lavin_lightning.errors import DataError
-from lavin_lightning.formats.records import BadRecord, ReadReport, check_on_bad_record, read_json_list
+from lavin_lightning.formats.images import file_problem
+from lavin_lightning.formats.records import (
+    BadRecord,
+    ReadReport,
+    check_on_bad_record,
+    object_record,
+    read_json_list,
+    text_field,
+)
 
 IMAGE_MARKER = "<image>"
 
@@ -51,39 +59,19 @@ class InstructRecord:
     image: Path | None = None
 
 
-def _object(value: Any, name: str = "the record") -> dict:
-    if not isinstance(value, dict):
-        raise BadRecord("not_an_object", f"{name} is a {type(value).__name__}, not an object")
-    return value
-
-
-def _text(record: dict, key: str, required: bool = True, name: str | None = None) -> str:
-    """A string field; a required one must not be blank, an optional one defaults to ""."""
-    name = name or f"field {key!r}"
-    value = record.get(key)
-    if value is None:
-        if required:
-            raise BadRecord("missing_field", f"{name} is missing")
-        return ""
-    if not isinstance(value, str):
-        raise BadRecord("not_a_string", f"{name} is a {type(value).__name__}, expected a string")
-    if required and not value.strip():
-        raise BadRecord("empty_field", f"{name} is empty")
-    return value
-
-
 def _image_file(path: Path) -> Path:
     # Checked while reading (a data module's setup) so that a missing image cannot stop an epoch halfway.
-    if not path.is_file():
-        raise BadRecord("missing_image", f"image {path} not found")
+    problem = file_problem(path)
+    if problem is not None:
+        raise BadRecord("missing_image", f"image {path} {problem}")
     return path
 
 
 def _alpaca_record(raw: Any, index: int) -> InstructRecord:
-    record = _object(raw)
-    instruction = _text(record, "instruction")
-    input_text = _text(record, "input", required=False)
-    output = _text(record, "output")
+    record = object_record(raw)
+    instruction = text_field(record, "instruction")
+    input_text = text_field(record, "input", required=False)
+    output = text_field(record, "output")
     return InstructRecord(f"alpaca-{index}", ((instruction, output),), input_text)
 
 
@@ -98,20 +86,20 @@ def read_alpaca(path: str | Path, on_bad_record: str = "error") -> tuple[list[In
 
 
 def _llava_record(raw: Any, index: int, image_root: Path, report: ReadReport) -> InstructRecord:
-    record = _object(raw)
-    image = _text(record, "image", required=False)
+    record = object_record(raw)
+    image = text_field(record, "image", required=False)
     conversation = record.get("conversations")
     if not isinstance(conversation, list) or not conversation:
         raise BadRecord("bad_conversations", "field 'conversations' is missing, empty or not a list")
     texts = []
     for turn, raw_turn in enumerate(conversation):
         where = f"conversations[{turn}]"
-        role = _object(raw_turn, where).get("from")
+        role = object_record(raw_turn, where).get("from")
         if role not in ("human", "gpt"):
             raise BadRecord("unknown_role", f"{where}.from is {role!r}, expected 'human' or 'gpt'")
         if role != ("human", "gpt")[turn % 2]:
             raise BadRecord("bad_turn_order", f"{where}.from is {role!r}; turns must alternate human, gpt, ...")
-        value = _text(raw_turn, "value", name=f"{where}.value")
+        value = text_field(raw_turn, "value", name=f"{where}.value")
         if IMAGE_MARKER in value:
             if turn:
                 raise BadRecord("misplaced_image_marker", f"{where} has {IMAGE_MARKER!r}; only the first turn may")
@@ -152,21 +140,23 @@ def read_llava_instruct(
 
 def _prompt_record(line: str, line_number: int, folder: Path, seen: dict[str, int]) -> InstructRecord:
     try:
-        record = _object(json.loads(line))
+        record = object_record(json.loads(line))
     except json.JSONDecodeError as e:
         raise BadRecord("invalid_json", f"not valid JSON ({e.msg}, column {e.colno})") from None
+    except RecursionError:
+        raise BadRecord("invalid_json", "nested too deeply to read") from None
     # Images arrive as pixels, so a pasted "<image>" marker is dropped rather than fed as text.
-    instruction = _text(record, "instruction").replace(IMAGE_MARKER, "").strip()
+    instruction = text_field(record, "instruction").replace(IMAGE_MARKER, "").strip()
     if not instruction:
         raise BadRecord("empty_field", f"field 'instruction' has no text besides {IMAGE_MARKER!r}")
-    input_text = _text(record, "input", required=False)
+    input_text = text_field(record, "input", required=False)
     pid = record.get("id", str(line_number))
     if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid).strip():
         raise BadRecord("bad_id", f"field 'id' is {pid!r}, expected a non-empty string or an integer")
     pid = str(pid)
     if pid in seen:
         raise BadRecord("duplicate_id", f"id {pid!r} is already used on line {seen[pid]}")
-    image = _text(record, "image", required=False)
+    image = text_field(record, "image", required=False)
     image_path = _image_file(folder / image) if image else None
     seen[pid] = line_number
     return InstructRecord(pid, ((instruction, None),), input_text, image_path)

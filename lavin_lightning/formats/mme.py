@@ -115,6 +115,8 @@ def _questions_of(path: Path, subtask: str, image: str) -> tuple[MMEQuestion, MM
         if len(fields) != 2:
             raise BadRecord("bad_line", f"line {number} has {len(fields)} tab-separated field(s), not 2")
         question, answer = fields[0].strip(), fields[1].strip()
+        if not question:
+            raise BadRecord("bad_line", f"line {number} has an empty question")
         if answer.lower() not in ANSWERS:
             raise BadRecord("bad_answer", f"line {number} answers {answer!r}, not Yes or No")
         found.append((question, answer))

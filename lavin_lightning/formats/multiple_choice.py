@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lavin_lightning.errors import ConfigError, DataError
-from lavin_lightning.formats.records import read_json_list
+from lavin_lightning.formats.records import describe, is_int, read_json_unique, records_at
 
 MMLU = "mmlu"
 TRUTHFULQA_MC1 = "truthfulqa_mc1"
@@ -77,6 +77,11 @@ def _read_mmlu_csv(path: Path, subject: str, split: str) -> list[MCQuestion]:
                 question, *choices, letter = fields
                 if not question.strip():
                     raise DataError(f"{where}: the question (column 1) is empty")
+                empty = [i for i, choice in enumerate(choices) if not choice.strip()]
+                if empty:
+                    i = empty[0]
+                    raise DataError(f"{where}: choice {MMLU_LETTERS[i]} (column {i + 2}) is empty; expected the "
+                                    "text of every option")
                 letter = letter.strip()
                 if letter not in MMLU_LETTERS:
                     raise DataError(f"{where}: answer {fields[5]!r} (column 6) is not one of A, B, C, D")
@@ -131,22 +136,29 @@ def read_truthfulqa_mc1(path: str | os.PathLike) -> list[MCQuestion]:
     ids are ``"truthfulqa_mc1/<index>"``.
     """
     path = Path(path)
-    data = read_json_list(path, _TQA_EXPECTED, empty="the list is empty")
+    # Repeated answers in mc1_targets would silently merge: refused (read_json_unique).
+    data = records_at(read_json_unique(path, _TQA_EXPECTED), None, path, _TQA_EXPECTED)
+    if not data:
+        raise DataError(f"{path}: the list is empty; expected {_TQA_EXPECTED}")
     questions = []
     for i, record in enumerate(data):
         where = f"{path}: record {i}"
         if not isinstance(record, dict):
             raise DataError(f"{where} is a {type(record).__name__}; expected an object with question and mc1_targets")
         question = record.get("question")
-        if not isinstance(question, str) or not question.strip():
+        if question is not None and not isinstance(question, str):
+            raise DataError(f'{where}: "question" is {describe(question)}; expected a non-empty string')
+        if question is None or not question.strip():
             raise DataError(f'{where}: "question" is missing or empty; expected a non-empty string')
         targets = record.get("mc1_targets")
-        if not isinstance(targets, dict) or not targets:
+        if targets is not None and not isinstance(targets, dict):
+            raise DataError(f'{where}: "mc1_targets" is {describe(targets)}; expected an object {{answer: 0|1, ...}}')
+        if not targets:
             raise DataError(f'{where}: "mc1_targets" is missing or empty; expected an object {{answer: 0|1, ...}}')
         for answer, value in targets.items():
             if not answer.strip():
                 raise DataError(f'{where}: "mc1_targets" has an empty answer text')
-            if isinstance(value, bool) or value not in (0, 1):
+            if not is_int(value) or value not in (0, 1):
                 raise DataError(f'{where}: "mc1_targets"[{answer!r}] is {value!r}; expected 0 or 1')
         true = [j for j, value in enumerate(targets.values()) if value == 1]
         if len(true) != 1:

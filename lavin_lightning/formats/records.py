@@ -1,11 +1,14 @@
 """Checking the records of a public file: stop at the first bad one, or leave bad ones out and count them.
 
-Shared by every reader: the bad-record screening (``on_bad_record``), the id checks, the
-"these ids are not covered" errors and the list-of-records JSON file.
+Shared by every reader: the bad-record screening (``on_bad_record``), the field checks (each
+field's type, emptiness and range, as a BadRecord naming the field), the id checks, the
+"these ids are not covered" errors, the list-of-records JSON file and the keyed JSON file
+whose repeated keys (ids) are an error rather than silently the last one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Container, Iterable, Sequence
@@ -67,8 +70,11 @@ def check_on_bad_record(on_bad_record: str) -> str:
 
 
 def is_id(value: Any) -> bool:
-    """An id of a JSON record: an int or a string (bool is an int subclass; floats do not survive as keys)."""
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
+    """An id of a JSON record: an int or a non-blank string (bool is an int subclass; floats do not
+    survive as keys)."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_int(value: Any) -> bool:
@@ -108,3 +114,146 @@ def read_json_list(path: str | os.PathLike, expected: str, empty: str | None = N
     if empty is not None and not data:
         raise DataError(f"{path}: {empty}; expected {expected}")
     return data
+
+
+def read_json_unique(path: str | os.PathLike, expected: str) -> object:
+    """A JSON file, as :func:`~lavin_lightning.io.read_json` reads it, except that a key repeated
+    within one object is a DataError: JSON keeps only its last value, so in a file keyed by id
+    (ScienceQA's problems.json, {pid: ...} predictions) a repeated id would silently drop a record."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as e:
+        raise DataError(f"{path}: the key {e.key!r} appears more than once in one object (JSON would keep only its "
+                        f"last value); expected {expected}") from None
+    except (OSError, ValueError):  # not found, not JSON, not UTF-8: read_json says which
+        return read_json(path, expected)
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return data
+
+
+# --------------------------------------------------------------------------- field checks
+#
+# Each takes a record (a dict) and a key, and returns the checked value or raises BadRecord with
+# a reason (the name it is counted under when skipped) and a message naming the field. A field
+# that is absent or null is "missing"; optional fields then give their default.
+
+
+def describe(value: Any) -> str:
+    """``a str ('no')``: the type and a short repr of a value, for messages."""
+    text = repr(value)
+    return f"a {type(value).__name__} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _field_name(key: str | int, name: str | None) -> str:
+    return name or f"field {key!r}"
+
+
+def _missing(record: dict, key: str, name: str) -> BadRecord:
+    return BadRecord("missing_field", f"{name} is missing" if key not in record else f"{name} is null")
+
+
+def object_record(value: Any, name: str = "the record") -> dict:
+    """``value`` when it is a JSON object."""
+    if not isinstance(value, dict):
+        raise BadRecord("not_an_object", f"{name} is a {type(value).__name__}, not an object")
+    return value
+
+
+def text_field(record: dict, key: str, required: bool = True, name: str | None = None, blank: bool = False) -> str:
+    """A string field. A required one must be there and (unless ``blank``) hold more than white
+    space; an optional one that is absent or null is ``""``."""
+    name = _field_name(key, name)
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise _missing(record, key, name)
+        return ""
+    if not isinstance(value, str):
+        raise BadRecord("not_a_string", f"{name} is {describe(value)}, expected a string")
+    if required and not blank and not value.strip():
+        raise BadRecord("empty_field", f"{name} is empty")
+    return value
+
+
+def text_list_field(
+    record: dict, key: str, required: bool = True, name: str | None = None, min_items: int = 1,
+    max_items: int | None = None,
+) -> list[str] | None:
+    """A list of non-blank strings, ``min_items`` to ``max_items`` long; None when optional and absent."""
+    items = name or str(key)  # items are named as in "choices[2]"
+    name = _field_name(key, name)
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise _missing(record, key, name)
+        return None
+    if not isinstance(value, list):
+        raise BadRecord("not_a_list", f"{name} is {describe(value)}, expected a list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise BadRecord("not_a_string", f"{items}[{i}] is {describe(item)}, expected a string")
+        if not item.strip():
+            raise BadRecord("empty_field", f"{items}[{i}] is empty")
+    if len(value) < min_items or (max_items is not None and len(value) > max_items):
+        wanted = f"{min_items} to {max_items}" if max_items is not None else f"at least {min_items}"
+        raise BadRecord("item_count", f"{name} has {len(value)} item(s), expected {wanted}")
+    return value
+
+
+def int_field(
+    record: dict, key: str, required: bool = True, name: str | None = None, low: int | None = None,
+    below: int | None = None,
+) -> int | None:
+    """An integer (not a bool) with ``low <= value < below`` where given; None when optional and absent."""
+    name = _field_name(key, name)
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise _missing(record, key, name)
+        return None
+    if not is_int(value):
+        raise BadRecord("not_an_int", f"{name} is {describe(value)}, expected an integer")
+    if (low is not None and value < low) or (below is not None and value >= below):
+        bounds = f"{low if low is not None else '...'} to {below - 1 if below is not None else '...'}"
+        raise BadRecord("out_of_range", f"{name} is {value}, expected {bounds}")
+    return value
+
+
+def bool_field(record: dict, key: str, required: bool = True, name: str | None = None) -> bool | None:
+    """true or false; None when optional and absent."""
+    name = _field_name(key, name)
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise _missing(record, key, name)
+        return None
+    if not isinstance(value, bool):
+        raise BadRecord("not_a_bool", f"{name} is {describe(value)}, expected true or false")
+    return value
+
+
+def id_field(record: dict, key: str, name: str | None = None) -> int | str:
+    """A record id: an integer or a non-blank string."""
+    name = _field_name(key, name)
+    value = record.get(key)
+    if value is None:
+        raise _missing(record, key, name)
+    if not is_id(value):
+        raise BadRecord("bad_id", f"{name} is {describe(value)}, expected an integer or a non-empty string")
+    return value

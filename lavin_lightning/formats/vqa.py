@@ -27,10 +27,16 @@ from lavin_lightning.errors import DataError
 from lavin_lightning.formats.records import (
     BadRecord,
     ReadReport,
+    bool_field,
+    describe,
+    id_field,
     is_id,
+    is_int,
     read_json_list,
     records_at,
     require_known,
+    text_field,
+    text_list_field,
 )
 from lavin_lightning.io import read_json
 
@@ -147,15 +153,14 @@ def question_where(path: str | os.PathLike, raw: Any) -> str:
 def check_question(raw: Any, position: int, seen: set[str]) -> dict:
     """A question record with an id not in ``seen`` (which it joins), a question text and an image id."""
     if not isinstance(raw, dict) or not is_id(raw.get("question_id")):
-        raise BadRecord("bad_question", f"question #{position} is not an object with a question_id")
+        raise BadRecord("bad_question", f"question #{position} is not an object with a question_id (an integer or "
+                        "a non-empty string)")
     qid = raw["question_id"]
     if str(qid) in seen:
         raise BadRecord("duplicate_question_id", f"question_id {qid!r} appears more than once")
     seen.add(str(qid))
-    if not isinstance(raw.get("question"), str) or not raw["question"].strip():
-        raise BadRecord("bad_question", "field 'question' is missing or empty")
-    if not is_id(raw.get("image_id")):
-        raise BadRecord("bad_image_id", f"image_id is {raw.get('image_id')!r}")
+    text_field(raw, "question")
+    id_field(raw, "image_id")
     return raw
 
 
@@ -215,8 +220,11 @@ def _non_empty(target: str) -> str:
     return target
 
 
-def checked_target(annotation: dict) -> str:
-    """The training target of a VQA annotation (:func:`target_answer`), its answers checked."""
+def checked_target(annotation: dict, scored: bool = False) -> str:
+    """The training target of a VQA annotation (:func:`target_answer`), its answers checked, and its
+    question and answer types (strings; required when ``scored``: the scorer breaks accuracy down by them)."""
+    for key in ("question_type", "answer_type"):
+        text_field(annotation, key, required=scored, blank=True)
     answers = annotation.get("answers")
     if not isinstance(answers, list) or not answers:
         raise BadRecord("no_answers", "field 'answers' is missing, empty or not a list")
@@ -230,30 +238,39 @@ def checked_target(annotation: dict) -> str:
     return _non_empty(target_answer(annotation))
 
 
-def answers_target(raw: dict, field: str, labelled: bool) -> str | None:
+def answers_target(raw: dict, field: str, labelled: bool, length: int | None = None) -> str | None:
     """The most frequent of a question's own answers (``raw[field]``, a list of strings: TextVQA's
-    ``answers``, A-OKVQA's ``direct_answers``); None for a question without answers outside
-    train/val (the published test splits have none)."""
+    ``answers``, A-OKVQA's ``direct_answers``; exactly ``length`` of them when given, as a scorer
+    needs); None for a question without answers outside train/val (the published test splits
+    have none)."""
     answers = raw.get(field)
     if answers is None:
         if labelled:
             raise BadRecord("no_answers", f"field {field!r} is missing (train and val questions need answers)")
         return None
     if not isinstance(answers, list) or not answers:
-        raise BadRecord("no_answers", f"field {field!r} is empty or not a list")
+        raise BadRecord("no_answers", f"field {field!r} is {describe(answers)}, expected a non-empty list of strings")
     for i, answer in enumerate(answers):
         if not isinstance(answer, str):
             raise BadRecord("non_string_answer", f"{field}[{i}] is a {type(answer).__name__}, expected a string")
+    if length is not None and len(answers) != length:
+        raise BadRecord("answer_count", f"field {field!r} has {len(answers)} answers; the scorer needs exactly "
+                        f"{length}")
     return _non_empty(most_frequent(answers))
 
 
-def check_aokvqa_choices(raw: dict) -> None:
-    """A-OKVQA's choices and correct index, when present (only scored, but a bad one would stop the
-    scoring after a whole test run)."""
-    choices = raw.get("choices")
-    if choices is not None and (not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)):
-        raise BadRecord("non_string_choice", "choices must be a list of strings")
+def check_aokvqa_choices(raw: dict, scored: bool = False) -> None:
+    """A-OKVQA's choices, correct index and difficulty flag, when present (only scored, but a bad one
+    would stop the scoring after a whole test run). ``scored``: a question with answers also needs
+    all the fields the scorer reads (choices, correct_choice_idx, direct_answers, difficult_direct_answer)."""
+    if scored and any(key in raw for key in ("correct_choice_idx", "direct_answers")):
+        absent = [key for key in ("choices", "correct_choice_idx", "direct_answers", "difficult_direct_answer")
+                  if raw.get(key) is None]
+        if absent:
+            raise BadRecord("missing_field", f"field(s) {', '.join(absent)} missing; a scored question needs them")
+    choices = text_list_field(raw, "choices", required=False) or []
     correct = raw.get("correct_choice_idx")
-    if correct is not None and (isinstance(correct, bool) or not isinstance(correct, int)
-                                or not 0 <= correct < len(choices or [])):
-        raise BadRecord("bad_choice_idx", f"correct_choice_idx {correct!r} is not the index of a choice")
+    if correct is not None and (not is_int(correct) or not 0 <= correct < len(choices)):
+        raise BadRecord("bad_choice_idx", f"correct_choice_idx {correct!r} is not the index of a choice (0 to "
+                        f"{len(choices) - 1} for its {len(choices)} choices)")
+    bool_field(raw, "difficult_direct_answer", required=False)

@@ -7,6 +7,9 @@
 * The optimizer is AdamW with no weight decay on 1-D parameters; the learning rate is
   absolute, or `base_lr x global batch / 256` when a base lr is given; the schedule is a
   per-step linear warmup followed by a half-cycle cosine (the MAE/LaVIN recipe).
+* Before each optimizer step the losses of its batches and the adapters' gradients are checked:
+  a NaN or inf stops training with a message naming the step and the batches, or, with
+  `optim.on_nonfinite: skip`, skips that step (`skipped_steps`); every process decides alike.
 * Lightning checkpoints hold only the trainable tensors (+ optimizer state), the adapter
   export's record (method, settings, targets, backbone fingerprints) and every process's random
   number generators. Loading one checks the record as loading an export does, that the keys are
@@ -21,6 +24,7 @@ import logging
 import math
 import re
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import lightning as L
 import torch
@@ -48,6 +52,11 @@ class OptimConfig:
         decay_also: regular expressions (searched in the trainable parameters' names) of 1-D
             parameters that are decayed anyway: e.g. `adaption_prompt\.gate$`, LLaMA-Adapter's
             gates, which are 4-D in its release and so decayed there.
+        on_nonfinite: what an optimizer step does when a loss of its batches or a gradient is NaN
+            or inf: "error" stops training with a message naming the step and the batches; "skip"
+            leaves the adapters as they are for that step (the schedule goes on), logs
+            `train/skipped_steps` and reports the skipped steps at the end. With fp16's gradient
+            scaler, non-finite gradients are the scaler's to skip; the loss is still checked.
     """
 
     base_lr: float | None = 9e-3
@@ -57,6 +66,11 @@ class OptimConfig:
     warmup_epochs: float = 2.0
     min_lr: float = 0.0
     decay_also: tuple[str, ...] = ()
+    on_nonfinite: Literal["error", "skip"] = "error"
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a NaN or inf loss or gradient (`OptimConfig.on_nonfinite: error`)."""
 
 
 def warmup_cosine(step: int, warmup_steps: float, total_steps: int, lr: float, min_lr: float) -> float:
@@ -65,6 +79,11 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, lr: float, m
         return lr * step / warmup_steps
     progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _few(items: list, n: int = 5) -> str:
+    """The first `n` of `items`, and how many there are when there are more."""
+    return f"{items[:n]}" if len(items) <= n else f"{items[:n]} ... ({len(items)} in all)"
 
 
 def _regex(pattern: str, field: str) -> re.Pattern:
@@ -86,16 +105,19 @@ class PEFTModule(L.LightningModule):
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
         global_batch_size: samples per optimizer step over all devices, which `optim.base_lr`
             scales with; `lavin-lightning` fills it in from the data module's global batch.
+        allow_backbone_mismatch: load `adapter_path` although it was trained on a backbone of the
+            same architecture with other weights (a fine-tuned or re-quantised copy).
     """
 
     method: str = "peft"
 
     def __init__(self, optim: OptimConfig | None = None, adapter_path: str | None = None,
-                 global_batch_size: int | None = None):
+                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False):
         super().__init__()
         self.optim = optim or OptimConfig()
         self.adapter_path = adapter_path
         self.global_batch_size = global_batch_size
+        self.allow_backbone_mismatch = allow_backbone_mismatch
         self.adapter = None  # the method's settings (a dataclass), set by subclasses
         self.model: nn.Module | None = None
         self.injection: Injection | None = None
@@ -104,6 +126,9 @@ class PEFTModule(L.LightningModule):
         # Checkpoints hold only adapter tensors; `on_load_checkpoint` checks them instead.
         self.strict_loading = False
         self._resumed_rng: dict | None = None  # a checkpoint's RNG states, put back when training starts
+        # (batch index, sample ids, loss is finite) of the micro-batches of the optimizer step under way.
+        self._step_batches: list[tuple[int, list, torch.Tensor]] = []
+        self.skipped_steps: list[int] = []  # global steps skipped with `optim.on_nonfinite: skip`
 
     # -- building ---------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -135,7 +160,7 @@ class PEFTModule(L.LightningModule):
         if self.adapter_path:
             from lavin_lightning.checkpoint import load_adapter
 
-            load_adapter(self, self.adapter_path)
+            load_adapter(self, self.adapter_path, allow_backbone_mismatch=self.allow_backbone_mismatch)
 
     @property
     def trainable_names(self) -> set[str]:
@@ -147,7 +172,8 @@ class PEFTModule(L.LightningModule):
         return {"total": total, "trainable": trainable}
 
     def inference(self) -> contextlib.AbstractContextManager:
-        """The model as `predict` and `chat` run it (LoRA merges its updates meanwhile)."""
+        """The model as `test`, `predict` and `chat` run it (LoRA merges its updates meanwhile,
+        LaVIN folds its MM-Adapters into the frozen weights)."""
         return contextlib.nullcontext()
 
     def on_predict_start(self) -> None:
@@ -156,6 +182,8 @@ class PEFTModule(L.LightningModule):
 
     def on_predict_end(self) -> None:
         self._inference.close()
+
+    on_test_start, on_test_end = on_predict_start, on_predict_end
 
     # -- steps ------------------------------------------------------------------------
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -171,6 +199,8 @@ class PEFTModule(L.LightningModule):
         for name, value in losses.items():
             # The mean over processes: each holds a part of the global batch.
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch["pids"]), sync_dist=True)
+        # Read back once per optimizer step (`on_before_optimizer_step`), not here: no sync per batch.
+        self._step_batches.append((batch_idx, list(batch["pids"]), torch.isfinite(losses["loss"].detach()).all()))
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
@@ -192,6 +222,11 @@ class PEFTModule(L.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------
     def learning_rate(self) -> float:
+        for field in ("lr", "base_lr"):
+            value = getattr(self.optim, field)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"optim.{field}: {value} is not a learning rate (expected a finite number >= 0; "
+                                  "0 trains nothing)")
         if self.optim.lr is not None:
             return self.optim.lr
         if self.optim.base_lr is None:
@@ -218,14 +253,64 @@ class PEFTModule(L.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         lr = self.learning_rate()
+        if self.optim.on_nonfinite not in ("error", "skip"):
+            raise ConfigError(f"optim.on_nonfinite: {self.optim.on_nonfinite!r}, expected 'error' or 'skip'")
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(self.optim.betas))
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         warmup = self.optim.warmup_epochs * total / epochs
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, lr, self.optim.min_lr) / lr
+            # LambdaLR multiplies the optimizer's lr: the schedule's value relative to it (lr 0: all 0).
+            optimizer, lambda step: warmup_cosine(step, warmup, total, lr, self.optim.min_lr) / lr if lr else 0.0
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Here every micro-batch of the step has run its backward and the gradients are averaged
+        # over processes (DDP, AdapterFSDPStrategy) and unscaled (AMP): all processes decide alike.
+        batches, self._step_batches = self._step_batches, []
+        finite_losses = [finite for _, _, finite in batches]
+        grads = {name: p.grad for name, p in self._trainable.items() if p.grad is not None}
+        # fp16's scaler meets inf gradients by design; it skips those steps itself.
+        check_grads = getattr(self.trainer.precision_plugin, "scaler", None) is None
+        checks = finite_losses + ([torch.isfinite(g).all() for g in grads.values()] if check_grads else [])
+        bad_here = bool(checks) and not bool(torch.stack([c.to(checks[0].device) for c in checks]).all())
+        if not self.trainer.strategy.reduce_boolean_decision(bad_here, all=False):
+            if self.optim.on_nonfinite == "skip":
+                self.log("train/skipped_steps", float(len(self.skipped_steps)))
+            return
+        step = self.trainer.global_step
+        bad_losses = [(i, pids) for (i, pids, _), finite in zip(batches, finite_losses) if not bool(finite)]
+        bad_grads = [name for name, g in grads.items() if check_grads and not bool(torch.isfinite(g).all())]
+        what = []
+        if bad_losses:
+            what.append("the loss is NaN or inf on " + "; ".join(
+                f"batch {i} (sample ids {_few(pids)})" for i, pids in bad_losses))
+        if bad_grads and bad_losses:
+            what.append(f"so are the gradients of adapter tensors ({len(bad_grads)}, e.g. {bad_grads[:3]})")
+        elif bad_grads:
+            what.append(f"the gradients of adapter tensors are NaN or inf ({len(bad_grads)}, e.g. {bad_grads[:3]}) "
+                        "after " + "; ".join(f"batch {i} (sample ids {_few(pids)})" for i, pids, _ in batches))
+        if not what:
+            what.append("another process met a NaN or inf loss or gradient (this process ran "
+                        + "; ".join(f"batch {i}" for i, _, _ in batches) + ")")
+        rank = f" on process {self.trainer.global_rank}" if self.trainer.world_size > 1 else ""
+        message = f"non-finite training at global step {step} (epoch {self.current_epoch}){rank}: " + "; ".join(what)
+        if self.optim.on_nonfinite == "error":
+            raise NonFiniteError(f"{message}. The adapters are left as they were before this step. Lower the "
+                                 f"learning rate (optim.lr / optim.base_lr; it is {optimizer.param_groups[0]['lr']:g} "
+                                 "now), or set optim.on_nonfinite: skip to skip such steps")
+        for param in self._trainable.values():
+            param.grad = None  # the optimizer leaves a parameter without gradient as it is
+        self.skipped_steps.append(step)
+        self.log("train/skipped_steps", float(len(self.skipped_steps)))
+        log.warning("%s; skipped this optimizer step (%d skipped so far)", message, len(self.skipped_steps))
+
+    def on_train_end(self) -> None:
+        if self.skipped_steps and self.trainer.is_global_zero:
+            total = self.trainer.global_step
+            log.warning("optim.on_nonfinite: skip: %d of %d optimizer steps were skipped (NaN or inf loss or "
+                        "gradients) at global steps %s", len(self.skipped_steps), total, _few(self.skipped_steps, 20))
 
     # -- checkpoints ------------------------------------------------------------------
     def _fingerprint_backbones(self) -> dict:
@@ -258,7 +343,7 @@ class PEFTModule(L.LightningModule):
         checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from lavin_lightning.checkpoint import check_meta, settings_diff
+        from lavin_lightning.checkpoint import MISMATCH_HINT, check_meta, check_record, settings_diff
 
         self.configure_model()
         trainer = self._trainer
@@ -267,7 +352,8 @@ class PEFTModule(L.LightningModule):
         if saved is None:
             raise CheckpointError(f"the {source} has no adapter_meta (method, settings, backbone fingerprints): "
                                   "not one that lavin-lightning wrote")
-        problems = check_meta(saved, self.adapter_meta())
+        check_record(saved, f"the {source} (its adapter_meta)", export=False)
+        problems = check_meta(saved, self.adapter_meta(), self.allow_backbone_mismatch, weights_hint=MISMATCH_HINT)
         if problems:
             raise CheckpointError(f"the {source} does not fit this model:\n  " + "\n  ".join(problems))
         keys = set(checkpoint.get("state_dict", {}))
@@ -279,7 +365,10 @@ class PEFTModule(L.LightningModule):
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
         fitting = trainer is not None and trainer.state.fn == "fit"
-        conflicts = settings_diff(checkpoint.get("hyper_parameters", {}), self.hparams)
+        # What a step does with a NaN/inf is not part of the run: resuming a diverged run with
+        # `skip` is what that option is for.
+        conflicts = [line for line in settings_diff(checkpoint.get("hyper_parameters", {}), self.hparams)
+                     if not line.startswith("optim.on_nonfinite:")]
         if conflicts and fitting:
             raise CheckpointError(
                 f"resuming from the {source} with other settings than it was trained with:\n  "

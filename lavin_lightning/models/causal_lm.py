@@ -14,8 +14,11 @@ loss, generated text for test and predict (the task's scoring callback reads the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,8 @@ from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.base import OptimConfig, PEFTModule
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class GenerationConfig:
@@ -38,24 +43,75 @@ class GenerationConfig:
         max_new_tokens: generation budget per sample.
         temperature: softmax temperature; 0 means greedy decoding.
         top_p: nucleus sampling threshold.
-        seed: seed of the sampling generator (per test run, so runs repeat).
+        seed: seed of the sampling generator(s) (per test run, so runs repeat).
+        streams: where sampling draws its randomness. "sample": every sample from a generator
+            of its own, seeded with (seed, pid), so that a sample's text does not depend on its
+            batch, its place in the split, the number of processes or when other samples stop;
+            "run": one generator per test/predict run, consumed batch after batch (a sample's
+            draws then depend on every batch before it, as with the releases' single stream).
+        compact: decode only the rows that still run: once at most half of a batch's rows are
+            still generating, they continue as a smaller batch (re-encoded by one forward over
+            prompt + tokens so far). Used only where it changes no text: rows that generate
+            independently of each other (`AdaptedCausalLM.batch_dependence`) and greedy
+            decoding or per-sample streams. False keeps every row in its batch to the end.
     """
 
     max_new_tokens: int = 64
     temperature: float = 0.1
     top_p: float = 0.75
     seed: int = 0
+    streams: Literal["sample", "run"] = "sample"
+    compact: bool = True
+
+    def __post_init__(self):
+        if self.streams not in ("sample", "run"):
+            raise ConfigError(f"generation.streams must be 'sample' or 'run', got {self.streams!r}")
+
+
+class StopRule(Protocol):
+    """Decides, per running row, that a generation's outcome is settled (`AdaptedCausalLM.generate`).
+
+    Called after every decoding step with the new token ids of each row that still runs (EOS
+    never among them) and how many more tokens the budget allows; returns one bool per row:
+    True stops that row there. A rule must only stop a row whose outcome the tokens it would
+    still generate cannot change, so that stopping changes no result (e.g. ScienceQA's: its
+    answer has been written, or can no longer be written in the tokens left).
+    """
+
+    def __call__(self, generated: Sequence[Sequence[int]], remaining: int) -> Sequence[bool]: ...
+
+
+def sample_generators(seed: int, keys: Sequence[str]) -> list[torch.Generator]:
+    """One CPU generator per key (a sample's pid), seeded from (seed, key): a sample's draws do
+    not depend on which other samples share its batch."""
+    generators = []
+    for key in keys:
+        digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
+        generators.append(torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1)))
+    return generators
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float,
-                 generator: torch.Generator | None) -> torch.Tensor:
-    """Next tokens (B,): greedy at temperature 0, else nucleus sampling as the releases do."""
+                 generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Next tokens (B,): greedy at temperature 0, else nucleus sampling as the releases do.
+
+    `generator`: one generator for the batch (torch.multinomial, as the releases draw), or one
+    per row: each row then draws one uniform number from its own and takes the token where it
+    falls in the nucleus' cumulative distribution."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
     sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        if len(generator) != logits.shape[0]:
+            raise ConfigError(f"{len(generator)} generators for {logits.shape[0]} rows")
+        uniform = torch.stack([torch.rand((), generator=g) for g in generator]).to(logits.device)
+        cdf = sorted_probs.cumsum(dim=-1)
+        # The first token whose cumulative mass exceeds u * mass: never one outside the nucleus.
+        choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+        return order.gather(-1, choice.clamp_(max=cdf.shape[-1] - 1)).squeeze(-1)
     sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
     choice = torch.multinomial(sorted_probs, 1, generator=generator)
     return order.gather(-1, choice).squeeze(-1)
@@ -171,37 +227,104 @@ class AdaptedCausalLM(nn.Module):
         return sums.index_add(0, rows, token_logprobs.double())
 
     # -- generation -------------------------------------------------------------------
+    def batch_dependence(self) -> list[str]:
+        """Why a row's generation depends on the other rows of its batch; empty when every row
+        generates as it would alone (then batches may be composed, ordered and shrunk freely).
+
+        Found by probing `decoding_positions` (does a row's position depend on the other rows'
+        prompt lengths?); a method with other such behaviour extends this."""
+        reasons = []
+        # Row 0's prompt of 6 tokens, its 5th position, beside a row as long or shorter.
+        index = torch.tensor([[4], [4]])
+        alone = self.decoding_positions(index, torch.tensor([6, 6]))
+        mixed = self.decoding_positions(index, torch.tensor([6, 2]))
+        if not torch.equal(alone[0], mixed[0]):
+            reasons.append("decoding positions depend on the batch's prompt lengths (decode_positions: release)")
+        return reasons
+
     @torch.no_grad()
     def generate(self, batch: dict, config: GenerationConfig, use_cache: bool = True,
-                 generator: torch.Generator | None = None,
-                 on_token: Callable[[torch.Tensor], None] | None = None) -> list[list[int]]:
-        """New token ids per sample (EOS and what follows removed). `on_token` receives the
-        (B,) tokens of every step as they are sampled (streaming)."""
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
+                 on_token: Callable[[torch.Tensor], None] | None = None,
+                 stop: StopRule | None = None, compact: bool = False) -> list[list[int]]:
+        """New token ids per sample (EOS and what follows removed).
+
+        Args:
+            generator: one generator for the whole batch, or one per row (see `sample_top_p`).
+            on_token: receives the (B,) tokens of every step as they are sampled (streaming);
+                rows that no longer run show the pad id.
+            stop: a `StopRule`, asked after every step about the rows still running; a row it
+                stops keeps the tokens up to and including that step.
+            compact: once at most half of the rows still run (and at least two steps are
+                left), continue with those rows alone, re-encoded from their prompt and tokens
+                so far; needs rows that generate independently (`batch_dependence`) and, when
+                sampling, one generator per row, so that no row's tokens change.
+        """
+        rows = batch["input_ids"].shape[0]
+        per_row = generator is not None and not isinstance(generator, torch.Generator)
+        if per_row and len(generator) != rows:
+            raise ConfigError(f"{len(generator)} generators for a batch of {rows}")
+        if compact:
+            reasons = self.batch_dependence()
+            if reasons:
+                raise ConfigError("compact decoding needs rows that generate independently; here " + "; ".join(reasons))
+            if config.temperature > 0 and not per_row:
+                raise ConfigError("compact decoding with sampling needs one generator per row (generation.streams: "
+                                  "sample): a shared generator's draws depend on the batch's size")
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        running, step, part = list(range(rows)), 0, batch
+        while running and step < config.max_new_tokens:
+            if step:  # a smaller batch of the rows still running: prompt + their tokens so far
+                part = self._continuation(batch, running, generated)
+            generators = [generator[r] for r in running] if per_row else generator
+            running, step = self._decode(part, running, step, generated, config, use_cache, generators, on_token,
+                                         stop, compact, rows)
+        return generated
+
+    def _decode(self, batch, rows, step, generated, config, use_cache, generator, on_token, stop, compact,
+                batch_size) -> tuple[list[int], int]:
+        """Decode `batch` (whose rows are the rows `rows` of the whole batch, after `step` steps)
+        until every row has stopped or, with `compact`, until at most half of them still run.
+        Appends each row's tokens to `generated`; returns the rows still running and the step."""
         inputs = self.attention_inputs(batch)
         with self.conditioning(batch), self.decoding():
             embeds, valid, _ = self.prepare(batch)
-            batch_size = embeds.shape[0]
+            size = embeds.shape[0]
             lengths = valid.sum(dim=1)
-            finished = torch.zeros(batch_size, dtype=torch.bool, device=embeds.device)
-            out: list[torch.Tensor] = []
-            positions = torch.arange(embeds.shape[1], device=embeds.device).expand(batch_size, -1)
+            running = torch.ones(size, dtype=torch.bool, device=embeds.device)
+            positions = torch.arange(embeds.shape[1], device=embeds.device).expand(size, -1)
             positions = self.decoding_positions(positions, lengths)
             past = DynamicCache(config=self.llm.config) if use_cache else None
             hidden = self.run_llm(embeds, valid, positions, embeds.shape[1], past=past, attention_inputs=inputs)
-            last = hidden[torch.arange(batch_size), lengths - 1]
-            for step in range(config.max_new_tokens):
+            last = hidden[torch.arange(size), lengths - 1]
+            for local in range(config.max_new_tokens - step):
                 token = sample_top_p(self.llm.lm_head(last), config.temperature, config.top_p, generator)
-                token = token.masked_fill(finished, self.pad_id)
-                out.append(token)
+                token = token.masked_fill(~running, self.pad_id)
                 if on_token is not None:
-                    on_token(token)
-                finished |= token == self.eos_id
-                if finished.all() or step == config.max_new_tokens - 1:
-                    break
+                    shown = token if size == batch_size else token.new_full((batch_size,), self.pad_id).index_copy(
+                        0, torch.tensor(rows, device=token.device), token)
+                    on_token(shown)
+                ended = token == self.eos_id
+                for j, (value, runs, eos) in enumerate(zip(token.tolist(), running.tolist(), ended.tolist())):
+                    if runs and not eos:
+                        generated[rows[j]].append(value)
+                running &= ~ended
+                remaining = config.max_new_tokens - (step + local + 1)
+                if stop is not None and remaining > 0 and bool(running.any()):
+                    open_rows = running.nonzero().squeeze(-1).tolist()
+                    settled = stop([generated[rows[j]] for j in open_rows], remaining)
+                    for j, done in zip(open_rows, settled, strict=True):
+                        if done:
+                            running[j] = False
+                n_running = int(running.sum())
+                if n_running == 0 or remaining == 0:
+                    return [], step + local + 1
+                if compact and n_running <= size // 2 and remaining >= 2:
+                    return [rows[j] for j in running.nonzero().squeeze(-1).tolist()], step + local + 1
                 # Right padding: the new token goes after the longest row; shorter rows keep
                 # their own positions and mask their padding.
                 valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
-                new_pos = self.decoding_positions((lengths + step)[:, None], lengths)
+                new_pos = self.decoding_positions((lengths + local)[:, None], lengths)
                 if use_cache:
                     last = self.run_llm(None, valid, new_pos, 1, past=past, input_ids=token[:, None],
                                         attention_inputs=inputs)[:, -1]
@@ -209,8 +332,101 @@ class AdaptedCausalLM(nn.Module):
                     embeds = torch.cat([embeds, self.llm.get_input_embeddings()(token)[:, None]], dim=1)
                     positions = torch.cat([positions, new_pos], dim=1)
                     last = self.run_llm(embeds, valid, positions, embeds.shape[1], attention_inputs=inputs)[:, -1]
-        tokens = torch.stack(out, dim=1).tolist()
-        return [row[: row.index(self.eos_id)] if self.eos_id in row else row for row in tokens]
+        return [], config.max_new_tokens
+
+    def _continuation(self, batch: dict, rows: list[int], generated: list[list[int]]) -> dict:
+        """The rows `rows` of `batch`, each prompt followed by its tokens so far (right-padded)."""
+        size = batch["input_ids"].shape[0]
+        part = {}
+        for key, value in batch.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == size:
+                part[key] = value[torch.tensor(rows, device=value.device)]
+            elif isinstance(value, (list, tuple)) and len(value) == size:
+                part[key] = [value[r] for r in rows]
+            else:
+                part[key] = value
+        part.pop("labels", None)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        ids = [batch["input_ids"][r, : lengths[r]].tolist() + generated[r] for r in rows]
+        width = max(map(len, ids))
+        device = batch["input_ids"].device
+        part["input_ids"] = torch.tensor([row + [self.pad_id] * (width - len(row)) for row in ids], device=device)
+        part["attention_mask"] = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids],
+                                              dtype=batch["attention_mask"].dtype, device=device)
+        return part
+
+    # -- scoring candidate continuations ------------------------------------------------
+    @torch.no_grad()
+    def score_candidates(self, batch: dict) -> list[list[float]]:
+        """Log-likelihood (float64 sums) of each of every prompt's candidate continuations.
+
+        `batch` holds generation prompts (BOS + prompt, right-padded) and `candidates`: per
+        prompt, a list of token id lists. A prompt's candidates are packed after it in one row:
+        the tokens they all begin with once (e.g. "The answer is"), then the rest of each, which
+        attends to the prompt, the shared tokens and itself only, at the positions it would have
+        right after them. One forward scores them all: the same sums as `sequence_logprobs` on
+        rows "prompt + candidate", up to floating point. Needs a `prepare` that keeps the text
+        tokens at the end of each row (methods insert before them).
+        """
+        candidates = batch["candidates"]
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        ids, layouts = [], []
+        for b, options in enumerate(candidates):
+            if not options or any(len(c) == 0 for c in options):
+                raise ConfigError(f"sample {b} of the batch has no candidates or an empty one")
+            shared = 0
+            while shared < min(map(len, options)) and len({c[shared] for c in options}) == 1:
+                shared += 1
+            ids.append(batch["input_ids"][b, : lengths[b]].tolist() + list(options[0][:shared])
+                       + [t for c in options for t in c[shared:]])
+            layouts.append((shared, shared + sum(len(c) - shared for c in options)))
+        width = max(map(len, ids))
+        device = batch["input_ids"].device
+        packed = {**batch,
+                  "input_ids": torch.tensor([r + [self.pad_id] * (width - len(r)) for r in ids], device=device),
+                  "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)}
+        packed.pop("labels", None)
+        inputs = self.attention_inputs(packed)
+        with self.conditioning(packed):
+            embeds, valid, _ = self.prepare(packed)
+            size, total = valid.shape
+            segment = torch.zeros(size, total, dtype=torch.long, device=device)
+            positions = torch.arange(total, device=device).expand(size, -1).clone()
+            predecessor, targets, owner = [], [], []  # owner: the candidate, or -1 for a shared token
+            for b, options in enumerate(candidates):
+                shared, packed_length = layouts[b]
+                start = int(valid[b].sum()) - packed_length  # the first candidate token's place
+                if start < 1:
+                    raise ConfigError(f"{type(self).__name__}.prepare does not keep the text at the end of its rows")
+                # Token j is predicted at the place before it: the prompt's last (j = 0), a shared
+                # token or the candidate's own previous token.
+                predecessor += [(b, start - 1 + j) for j in range(shared)]
+                targets += list(options[0][:shared])
+                owner += [(b, -1)] * shared
+                offset = start + shared
+                for c, option in enumerate(options):
+                    rest = len(option) - shared
+                    segment[b, offset: offset + rest] = c + 1
+                    positions[b, offset: offset + rest] = torch.arange(start + shared, start + len(option),
+                                                                       device=device)
+                    if rest:
+                        predecessor += [(b, start + shared - 1)] + [(b, offset + j) for j in range(rest - 1)]
+                    targets += list(option[shared:])
+                    owner += [(b, c)] * rest
+                    offset += rest
+            mask = self.attention_mask(valid, total, embeds.dtype)
+            other = (segment[:, None, :] != segment[:, :, None]) & (segment[:, None, :] > 0)
+            mask = mask.masked_fill(other[:, None], torch.finfo(mask.dtype).min)
+            hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                    use_cache=False, **inputs).last_hidden_state
+        at = torch.tensor(predecessor, device=device)
+        logits = self.llm.lm_head(hidden[at[:, 0], at[:, 1]]).float()
+        token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(targets, device=device)[:, None])
+        scores = [[0.0] * len(options) for options in candidates]
+        for (b, c), value in zip(owner, token_logprobs.squeeze(-1).double().tolist(), strict=True):
+            for k in range(len(scores[b])) if c < 0 else (c,):
+                scores[b][k] += value
+        return scores
 
 
 def _float_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -234,19 +450,23 @@ class CausalLMModule(PEFTModule):
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
         global_batch_size: samples per optimizer step over all devices, for `optim.base_lr`
             (filled in from the data module by `lavin-lightning`).
+        allow_backbone_mismatch: load `adapter_path` although it was trained on other frozen
+            weights of the same architecture (its fingerprint differs).
     """
 
     model_class: type[AdaptedCausalLM] = AdaptedCausalLM
 
     def __init__(self, llm: LLMSpec, vision: VisionSpec | None = None, optim: OptimConfig | None = None,
                  generation: GenerationConfig | None = None, adapter_path: str | None = None,
-                 global_batch_size: int | None = None):
-        super().__init__(optim, adapter_path, global_batch_size)
+                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False):
+        super().__init__(optim, adapter_path, global_batch_size, allow_backbone_mismatch)
         self.llm_spec = llm
         self.vision_spec = vision
         self.generation = generation or GenerationConfig()
         self._tokenizer = None
         self._sampling_generator = None
+        self._stop_rule: StopRule | None = None
+        self._warned_stop = False
 
     @property
     def tokenizer(self):
@@ -284,8 +504,64 @@ class CausalLMModule(PEFTModule):
 
     on_predict_epoch_start = on_test_epoch_start
 
+    def batch_dependence(self) -> list[str]:
+        """Why a test/predict generation depends on the batch it is in (empty: it does not, and
+        the data module may order and compose evaluation batches freely, e.g. by length)."""
+        reasons = list(self.model.batch_dependence()) if self.model is not None else []
+        config = self.generation
+        if config.temperature > 0 and config.streams == "run":
+            reasons.append("sampling draws from one stream per run (generation.streams: run)")
+        return reasons
+
+    def set_stop_rule(self, rule: StopRule | None) -> None:
+        """The `StopRule` of the test run's generations (the task's scoring callback sets it at the
+        start of a test run and removes it at the end); None: generate the full budget."""
+        self._stop_rule = rule
+
     def generate_text(self, batch: dict, config: GenerationConfig | None = None,
-                      on_token: Callable[[torch.Tensor], None] | None = None) -> list[str]:
-        ids = self.model.generate(batch, config or self.generation, generator=self._generator(), on_token=on_token)
+                      on_token: Callable[[torch.Tensor], None] | None = None, stop: StopRule | None = None,
+                      per_sample: bool = False) -> list[str]:
+        """The generated continuation of every prompt of `batch`.
+
+        per_sample: with `config.streams` "sample", sample each row from its own generator
+        (seeded with the seed and the row's pid; test and predict runs do); otherwise from the
+        module's one generator (reset per run). Rows are compacted (`GenerationConfig.compact`)
+        and `stop` applied only where that changes no text."""
+        config = config or self.generation
+        sampling = config.temperature > 0
+        rows_apart = per_sample and config.streams == "sample"
+        generator = None
+        if sampling:
+            pids = batch.get("pids") or [str(i) for i in range(batch["input_ids"].shape[0])]
+            generator = sample_generators(config.seed, pids) if rows_apart else self._generator()
+        exact = not sampling or rows_apart  # a row's tokens do not depend on when the batch ends
+        if stop is not None and not exact:
+            if not self._warned_stop:
+                log.warning("not stopping generations early: with generation.streams 'run' and sampling, stopping "
+                            "one batch early would change the draws of every later one")
+                self._warned_stop = True
+            stop = None
+        compact = config.compact and exact and not self.model.batch_dependence()
+        ids = self.model.generate(batch, config, generator=generator, on_token=on_token, stop=stop, compact=compact)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
+    def choose_candidates(self, batch: dict) -> dict:
+        """Answer by scoring: every prompt's candidate continuations (`batch["candidates"]`) by
+        log-likelihood; the text is the decoded best one (the first of equal ones)."""
+        scores = self.model.score_candidates(batch)
+        texts = []
+        for options, values in zip(batch["candidates"], scores, strict=True):
+            best = max(range(len(values)), key=lambda c: (values[c], -c))
+            texts.append(self.tokenizer.decode(options[best], skip_special_tokens=True))
+        return {"pids": list(batch["pids"]), "texts": texts, "scores": scores}
+
+    def test_step(self, batch, batch_idx):
+        """Generated texts (or, for a batch with `candidates`, the best-scoring candidate); the
+        task's scoring callback reads the answers out of them."""
+        if "candidates" in batch:
+            return self.choose_candidates(batch)
+        return {"pids": list(batch["pids"]),
+                "texts": self.generate_text(batch, stop=self._stop_rule, per_sample=True)}
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        return {"pids": list(batch["pids"]), "texts": self.generate_text(batch, per_sample=True)}

@@ -193,14 +193,16 @@ class InstructBLIPModule(PEFTModule):
         adapter_path: a directory with adapter.safetensors + adapter_config.json to load.
         global_batch_size: samples per optimizer step over all devices, for `optim.base_lr`
             (filled in from the data module by `lavin-lightning`).
+        allow_backbone_mismatch: load `adapter_path` although it was trained on other frozen
+            weights of the same architecture (its fingerprint differs).
     """
 
     model_class: type[AdaptedInstructBLIP] = AdaptedInstructBLIP
 
     def __init__(self, backbone: InstructBLIPSpec, optim: OptimConfig | None = None,
                  generation: BeamSearchConfig | None = None, adapter_path: str | None = None,
-                 global_batch_size: int | None = None):
-        super().__init__(optim, adapter_path, global_batch_size)
+                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False):
+        super().__init__(optim, adapter_path, global_batch_size, allow_backbone_mismatch)
         self.backbone_spec = backbone
         self.generation = generation or BeamSearchConfig()
         self._tokenizers = None

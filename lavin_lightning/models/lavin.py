@@ -14,11 +14,17 @@ serves training, cached decoding and uncached decoding.
 Two behaviours of the release's evaluation are options (docs/faithfulness.md): its ViT runs
 on every sample of a batch when its visual routers read row 0 (`vision_routing: release`),
 and its decoding positions (`decode_positions: release`).
+
+For inference (test, predict, chat) the LLM's MM-Adapters fold into the frozen q/k/v (and,
+with `llm_placement: block`, gate/up) weights once per modality (`fold`): the modality token's
+hidden state, which the routers read, depends on the modality only (it attends to itself), so
+each adapter has exactly two routings, and an adapter is linear at inference.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Literal
 
 import torch
@@ -26,12 +32,14 @@ from torch import nn
 
 from lavin_lightning.adapters import mma
 from lavin_lightning.adapters.core import Injection
-from lavin_lightning.adapters.mma import MMAConfig, routing_cache
+from lavin_lightning.adapters.mma import Folding, MMAConfig, RepAdapterRouter, modality_rows, routing_cache
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
 from lavin_lightning.batch import IGNORE_INDEX
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule, _float_mask
+
+log = logging.getLogger(__name__)
 
 
 class LaVINModel(AdaptedCausalLM):
@@ -45,6 +53,7 @@ class LaVINModel(AdaptedCausalLM):
         self.modality: nn.Module | None = None
         self.vision_on_every_sample = vision_on_every_sample
         self.decode_positions = decode_positions
+        self.folding: Folding | None = None  # the MM-Adapters folded into the LLM's weights (inference)
 
         def encode(text: str) -> torch.Tensor:
             ids = tokenizer(text, add_special_tokens=False).input_ids if tokenizer is not None else []
@@ -104,10 +113,48 @@ class LaVINModel(AdaptedCausalLM):
         return embeds, valid, out_labels
 
     def conditioning(self, batch: dict) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # images enter as tokens (prepare); text-only is fine
+        # Images enter as tokens (prepare); folded adapters need each row's modality.
+        return modality_rows(self.folding, batch["has_image"].bool()) if self.folding else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Fold the LLM's MM-Adapters into its frozen weights, per modality (eval mode only)."""
+        if self.folding is not None:
+            return
+        mma.check_foldable(self.llm)  # before anything runs (a sharded model must not be run here)
+        routers = {name: m.adapter for name, m in self.llm.named_modules()
+                   if isinstance(getattr(m, "adapter", None), RepAdapterRouter)}
+        for router in routers.values():
+            router.recorded = []
+        try:
+            embed = self.llm.get_input_embeddings()
+            for has_image in (False, True):  # the routers read position 0: the modality token (or BOS)
+                if self.modality is not None:
+                    first = self.modality(torch.tensor([has_image], device=embed.weight.device))
+                else:
+                    first = embed(torch.tensor([self.bos_id], device=embed.weight.device))
+                one = torch.ones(1, 1, dtype=torch.bool, device=first.device)
+                self.run_llm(first[None].to(embed.weight.dtype), one, torch.zeros_like(one, dtype=torch.long), 1)
+            routing = {name: torch.cat([w.reshape(1, 2) for w in router.recorded]) for name, router in routers.items()}
+        finally:
+            for router in routers.values():
+                router.recorded = None
+        self.folding = mma.fold(self.llm, routing)
+
+    def unfold(self) -> None:
+        """Put the LLM back as it was (adapters applied after the norms)."""
+        if self.folding is not None:
+            self.folding.unfold()
+            self.folding = None
 
     def decoding(self) -> contextlib.AbstractContextManager:
         return routing_cache(self.llm)
+
+    def batch_dependence(self) -> list[str]:
+        reasons = super().batch_dependence()
+        if self.vision_on_every_sample:
+            reasons.append("the ViT's routers read row 0 of the batch (vision_routing: release)")
+        return reasons
 
     def decoding_positions(self, index: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """"release": the release's KV cache drops the modality token after the prefill of the
@@ -139,6 +186,9 @@ class LaVIN(CausalLMModule):
         decode_positions: "training": generated tokens take the positions they would have in
             training; "release": the release's evaluation, where each position after the
             batch's shortest prompt is one lower (its cache drops the modality token).
+        fold_for_inference: fold the LLM's MM-Adapters into the frozen weights for test,
+            predict and chat (the same outputs to float precision, at the backbone's cost);
+            unfolded afterwards.
         **kwargs: `CausalLMModule`'s (optim, generation, adapter_path, global_batch_size).
     """
 
@@ -153,6 +203,7 @@ class LaVIN(CausalLMModule):
         image_prefix: str = "Image: ",
         text_prefix: str = "Image: N/A",
         decode_positions: Literal["training", "release"] = "training",
+        fold_for_inference: bool = True,
         **kwargs,
     ):
         super().__init__(llm, vision, **kwargs)
@@ -164,6 +215,7 @@ class LaVIN(CausalLMModule):
                               "cache drops; this model has none (adapter.modality_token: false)")
         self.image_prefix, self.text_prefix = image_prefix, text_prefix
         self.decode_positions = decode_positions
+        self.fold_for_inference = fold_for_inference
         self.save_hyperparameters()
 
     def model_options(self) -> dict:
@@ -174,6 +226,22 @@ class LaVIN(CausalLMModule):
 
     def inject(self, model: LaVINModel) -> Injection:
         return mma.inject(model, self.adapter)
+
+    @contextlib.contextmanager
+    def inference(self):
+        if not self.fold_for_inference:
+            yield
+            return
+        try:
+            self.model.fold()
+        except ConfigError as err:  # sharded (FSDP) or quantized frozen weights: nothing folds exactly
+            log.warning("MM-Adapters not folded for inference, running them as in training: %s", err)
+            yield
+            return
+        try:
+            yield
+        finally:
+            self.model.unfold()
 
     def adapter_meta(self) -> dict:
         return {**super().adapter_meta(), "image_prefix": self.image_prefix, "text_prefix": self.text_prefix}

@@ -178,3 +178,26 @@ def test_duplicate_imgid(tmp_path):
     dm = make(file, on_bad_record="skip")
     dm.setup()
     assert dm.report["file"]["skipped"] == {"duplicate_imgid": 1} and list(dm.references("test")) == [104]
+
+
+def test_two_images_under_one_cocoid_are_refused(tmp_path):
+    """They would be served and scored under one id, the references of one overwriting the other's."""
+    images = [coco_image(*row) for row in COCO]
+    images[1]["cocoid"] = 100
+    file = write(tmp_path, images)
+    with pytest.raises(DataError, match=r"image imgid 1: the image id 100 \(cocoid, else imgid\) appears more than "
+                                        "once"):
+        make(file).setup()
+    dm = make(file, on_bad_record="skip")
+    dm.setup()
+    assert dm.report["file"]["skipped"] == {"duplicate_cocoid": 1} and list(dm.references("train")) == [100, 102]
+
+
+def test_a_corrupt_image_is_caught_in_setup(coco):
+    image = coco.parent / "images" / "train2014" / "COCO_train2014_000000000101.jpg"
+    image.write_bytes(b"<html>404 Not Found</html>")
+    with pytest.raises(DataError, match=rf"dataset_coco\.json: image imgid 1: image {image} cannot be decoded"):
+        make(coco).setup()
+    dm = make(coco, on_bad_record="skip")
+    dm.setup()
+    assert dm.report["train"]["skipped"] == {"bad_image": 1} and 101 not in dm.references("train")

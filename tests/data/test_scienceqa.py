@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import REFERENCE_DATA
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from data_modules.base import image_transform, split_global_batch
 from data_modules.batching import Collator
@@ -391,3 +392,77 @@ def test_instruction_tokenizer_gets_each_prompt(tmp_path):
         assert instruction_tokenizer.decode(item["instruction_ids"].tolist()) == text_in[:128]  # at most 128 ids
     batch = Collator(PAD)(items)
     assert batch["instruction_input_ids"].shape == batch["instruction_attention_mask"].shape
+
+
+# ------------------------------------------------------------------ mistyped fields, bad images (on_bad_record)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # Both trained silently before: as the options "(A) n (B) o" and as the question "None".
+        ({"choices": "no"}, "pid 8: field 'choices' is a str ('no'), expected a list of strings"),
+        ({"question": None}, "pid 8: field 'question' is null"),
+        ({"answer": 1.0}, "pid 8: field 'answer' (an index into choices) is a float (1.0), expected an integer"),
+        ({"hint": ["a hint"]}, "pid 8: field 'hint' is a list (['a hint']), expected a string"),
+    ],
+)
+def test_mistyped_fields_fail_in_setup_or_are_skipped_and_counted(tmp_path, changes, message):
+    root = make_scienceqa_tree(tmp_path, extra_problems={"8": {**_problem("Which?", ["a", "b"], 0, "train"),
+                                                               **changes}})
+    with pytest.raises(DataError) as error:
+        make_dm(root).setup("fit")
+    assert str(root / "problems.json") in str(error.value) and message in str(error.value), str(error.value)
+    dm = make_dm(root, on_bad_record="skip")
+    dm.setup("fit")
+    assert [s.pid for s in dm.datasets["train"].samples] == ["1", "2", "3"]
+    assert sum(dm.truncation_report["train"]["skipped"].values()) == 1
+
+
+def test_a_corrupt_image_fails_in_setup_not_mid_training(tmp_path, caplog):
+    root = make_scienceqa_tree(tmp_path)
+    image = root / "images" / "train" / "1" / "image.png"
+    image.write_bytes(b"garbage bytes, not a PNG")
+    with pytest.raises(DataError) as error:
+        make_dm(root).setup("fit")
+    assert f"problems.json: pid 1: image {image} cannot be decoded (UnidentifiedImageError" in str(error.value)
+    dm = make_dm(root, on_bad_record="skip")
+    dm.setup("fit")
+    assert [s.pid for s in dm.datasets["train"].samples] == ["2", "3"]
+    assert dm.truncation_report["train"]["skipped"] == {"bad_image": 1}
+    assert "skipped 1 bad ones (on_bad_record='skip'): {'bad_image': 1}" in caplog.text
+    # Each image is decoded once however many roles serve its problem; limits count usable problems.
+    dm = make_dm(root, on_bad_record="skip", limit_train=2)
+    dm.setup("fit")
+    assert [s.pid for s in dm.datasets["train"].samples] == ["2", "3"]
+
+
+def test_an_image_broken_after_setup_is_a_named_error_in_the_batch(tmp_path):
+    dm = make_dm(make_scienceqa_tree(tmp_path))
+    dm.setup("fit")
+    image = tmp_path / "images" / "train" / "1" / "image.png"
+    image.write_bytes(image.read_bytes()[:30])
+    with pytest.raises(DataError, match=rf"image {image} of record 1 cannot be decoded \(UnidentifiedImageError"):
+        next(iter(DataLoader(dm.datasets["train"], batch_size=3, collate_fn=Collator(PAD))))
+
+
+def test_empty_train_split_and_unknown_caption_pids_are_errors(tmp_path):
+    root = make_scienceqa_tree(tmp_path / "a", splits={"train": [], "val": ["4"]})
+    with pytest.raises(DataError, match=r"pid_splits\.json: the train split 'train' is empty"):
+        make_dm(root).setup("fit")
+    root = make_scienceqa_tree(tmp_path / "b")
+    (root / "captions.json").write_text(json.dumps({"captions": {"1": "A red square.", "77": "Nobody's."}}))
+    with pytest.raises(DataError, match=r"captions\.json: 1 caption\(s\) for pids that are not in .*first: 77"):
+        make_dm(root, use_caption=True).setup("fit")
+
+
+def test_bad_text_instructions_follow_on_bad_record(tmp_path):
+    root = make_scienceqa_tree(tmp_path)
+    path = tmp_path / "instructions.json"
+    path.write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi."}, {"instruction": 3, "output": "x"}]))
+    with pytest.raises(DataError, match=r"instructions\.json: record 1: field 'instruction' is a int"):
+        make_dm(root, text_instructions=str(path)).setup("fit")
+    dm = make_dm(root, text_instructions=str(path), on_bad_record="skip")
+    dm.setup("fit")
+    assert dm.truncation_report["train"]["text_instructions"] == 1
+    assert dm.truncation_report["train"]["skipped"] == {"not_a_string": 1}

@@ -119,3 +119,15 @@ def test_wrong_top_level(tmp_path):
     (root / "TextCaps_0.1_train.json").write_text(json.dumps(textcaps_entries("train")))
     with pytest.raises(DataError, match=r'TextCaps_0\.1_train\.json: no "data" list'):
         make_textcaps(root).setup("fit")
+
+
+def test_entries_of_one_image_naming_two_files_are_refused(tmp_path):
+    entries = textcaps_entries("train")
+    entries[1]["image_path"] = "train/bb02.jpg"  # the second caption of aa01, another image's file
+    root = write_textcaps(tmp_path, {"train": entries})
+    with pytest.raises(DataError, match=r"TextCaps_0\.1_train\.json: image_id 'aa01': its entries name 2 image files: "
+                                        r".*aa01\.jpg \(the first entry's\) and .*bb02\.jpg"):
+        make_textcaps(root, val_split=None).setup("fit")
+    dm = make_textcaps(root, val_split=None, on_bad_record="skip")
+    dm.setup("fit")
+    assert dm.report["train"]["skipped"] == {"conflicting_image_path": 1} and "aa01" not in dm.references("train")

@@ -174,3 +174,24 @@ def test_aokvqa_wrong_top_level(tmp_path):
     (root / "aokvqa_v1p0_train.json").write_text(json.dumps({"data": AOKVQA["train"]}))
     with pytest.raises(DataError, match=r"aokvqa_v1p0_train\.json: the top level is a dict, not a list"):
         make_aokvqa(root).setup("fit")
+
+
+def test_scored_test_questions_need_what_the_scorers_read(tmp_path):
+    """A test split with answers is scored after the run: the TextVQA evaluator takes exactly 10 answers, the
+    A-OKVQA one all four of choices, correct_choice_idx, direct_answers, difficult_direct_answer."""
+    nine = {**TEXTVQA, "test": [dict(TEXTVQA["val"][0], answers=["red"] * 9)]}
+    root = write_textvqa(tmp_path / "textvqa", nine)
+    make_textvqa(root).setup("fit")  # nine answers are fine to train on
+    with pytest.raises(DataError, match=r"TextVQA_0\.5\.1_test\.json: question_id 101: field 'answers' has 9 "
+                                        r"answers; the scorer needs exactly 10"):
+        make_textvqa(root).setup("test")
+    undecided = {k: v for k, v in AOKVQA["val"][0].items() if k != "difficult_direct_answer"}
+    root = write_aokvqa(tmp_path / "aokvqa", {**AOKVQA, "test": [undecided]})
+    with pytest.raises(DataError, match=r"aokvqa_v1p0_test\.json: question_id 'v1': field\(s\) "
+                                        r"difficult_direct_answer missing; a scored question needs them"):
+        make_aokvqa(root).setup("test")
+    flagged = dict(AOKVQA["train"][1], difficult_direct_answer="no")
+    root = write_aokvqa(tmp_path / "aokvqa2", {**AOKVQA, "train": AOKVQA["train"][:1] + [flagged]})
+    with pytest.raises(DataError, match=r"question_id 't2': field 'difficult_direct_answer' is a str \('no'\), "
+                                        "expected true or false"):
+        make_aokvqa(root).setup("fit")

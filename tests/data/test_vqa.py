@@ -194,3 +194,32 @@ def test_bad_records(tmp_path, case):
     else:
         assert str(qid) not in kept and kept and kept <= {"10", "20"}
     assert {str(q["question_id"]) for q in dm.official("train")[0]["questions"]} == kept
+
+
+def test_scored_annotations_need_what_the_scorer_reads(tmp_path):
+    """The test split's annotations are there to be scored: one the scorer cannot read fails in setup, not after
+    the whole test run; in training a question or answer type is only checked to be text."""
+    untyped = [ANNOTATIONS[0], {k: v for k, v in ANNOTATIONS[1].items() if k != "answer_type"}]
+    write_vqav2(tmp_path, QUESTIONS, untyped)
+    make(tmp_path, global_batch_size=1, **VQAV2).setup("fit")
+    with pytest.raises(DataError, match=r"annotations\.json: question_id 20: field 'answer_type' is missing"):
+        make(tmp_path, global_batch_size=1, **VQAV2).setup("test")
+    write_vqav2(tmp_path, QUESTIONS, [ANNOTATIONS[0], {**ANNOTATIONS[1], "question_type": ["how", "many"]}])
+    with pytest.raises(DataError, match=r"question_id 20: field 'question_type' is a list \(\['how', 'many'\]\)"):
+        make(tmp_path, global_batch_size=1, **VQAV2).setup("fit")
+    write_vqav2(tmp_path, [QUESTIONS[0], {**QUESTIONS[1], "image_id": " "}], ANNOTATIONS)
+    with pytest.raises(DataError, match=r"questions\.json: question_id 20: field 'image_id' is a str \(' '\), "
+                                        "expected an integer or a non-empty string"):
+        make(tmp_path, global_batch_size=1, **VQAV2).setup("fit")
+
+
+def test_a_corrupt_image_is_caught_in_setup(tmp_path):
+    write_vqav2(tmp_path, QUESTIONS, ANNOTATIONS)
+    image = tmp_path / "val2014" / "COCO_val2014_000000000002.jpg"
+    image.write_bytes(image.read_bytes()[:200])  # a half-downloaded JPEG
+    with pytest.raises(DataError, match=rf"questions\.json: question_id 20: image {image} cannot be decoded"):
+        make(tmp_path, global_batch_size=1, **VQAV2).setup("fit")
+    dm = make(tmp_path, global_batch_size=1, on_bad_record="skip", **VQAV2)
+    dm.setup("fit")
+    assert dm.report["train"]["skipped"] == {"bad_image": 1} and [s.pid for s in dm.datasets["train"].samples] == ["10"]
+    assert [q["question_id"] for q in dm.official("train")[0]["questions"]] == [10]

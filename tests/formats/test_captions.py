@@ -32,3 +32,15 @@ def test_bad_reference_files_name_the_file_and_image(tmp_path):
         read_coco_references(tmp_path / "broken.json")
     with pytest.raises(DataError, match=r"results\.json: no results"):
         read_coco_results(write_json(tmp_path / "results.json", []))
+
+
+def test_references_need_text_and_images_listed_once(tmp_path):
+    path = write_json(tmp_path / "refs.json", {"annotations": [{"image_id": 5, "id": 1, "caption": " "}]})
+    with pytest.raises(DataError, match=r"refs\.json: annotation 0 \(image id 5\) has an empty caption"):
+        read_coco_references(path)
+    path = write_json(tmp_path / "refs.json", {"annotations": [{"image_id": 5, "id": 1, "caption": "a dog"}],
+                                               "images": [{"id": 5}, {"id": 5}]})
+    with pytest.raises(DataError, match=r"refs\.json: images entry 1 repeats the id 5"):
+        read_coco_references(path)
+    # A generated caption may be empty (the model said nothing): scored, not refused.
+    assert read_coco_results(write_json(tmp_path / "results.json", [{"image_id": 5, "caption": ""}])) == {5: ""}

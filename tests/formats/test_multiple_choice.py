@@ -92,3 +92,20 @@ def test_mmlu_not_utf8(tmp_path):
     path.write_bytes(b"q\xff?,a,b,c,d,A\n")
     with pytest.raises(DataError, match="law_test.csv is not UTF-8"):
         read_mmlu(tmp_path / "mmlu")
+
+
+def test_mmlu_empty_option_and_truthfulqa_wrong_types(tmp_path):
+    write_text(tmp_path / "mmlu" / "test" / "anatomy_test.csv", "ok?,a,b,c,d,A\nq?,a, ,c,d,B\n")
+    with pytest.raises(DataError, match=r"anatomy_test\.csv: row 2 \(line 2\): choice B \(column 3\) is empty"):
+        read_mmlu(tmp_path / "mmlu")
+    for records, message in [
+        ([{"question": "Q?", "mc1_targets": {"Yes.": 1.0, "No.": 0}}], r"\"mc1_targets\"\['Yes\.'\] is 1\.0"),
+        ([{"question": 7, "mc1_targets": {"Yes.": 1}}], r'record 0: "question" is a int \(7\)'),
+        ([{"question": "Q?", "mc1_targets": ["Yes."]}], r'"mc1_targets" is a list'),
+    ]:
+        with pytest.raises(DataError, match=message):
+            read_truthfulqa_mc1(write_truthfulqa(tmp_path, records))
+    # JSON would keep the last of two equal answers: the question would lose a choice silently.
+    write_text(tmp_path / "mc_task.json", '[{"question": "Q?", "mc1_targets": {"Yes.": 1, "No.": 0, "Yes.": 0}}]')
+    with pytest.raises(DataError, match=r"mc_task\.json: the key 'Yes\.' appears more than once"):
+        read_truthfulqa_mc1(tmp_path / "mc_task.json")
