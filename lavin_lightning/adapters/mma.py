@@ -262,15 +262,15 @@ class ModalityFoldedLinear(FoldedLayer):
         self.register_buffer("weights", weights, persistent=False)  # (2, out, in)
         self.register_buffer("biases", biases, persistent=False)  # (2, out)
         self.modality: torch.Tensor | None = None
+        self.uniform: int | None = None  # the batch's one modality, when it has one (set with `modality`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return self.base(x)
+        if self.uniform is not None:  # the common case: nothing but the frozen layer's own cost
+            return F.linear(x, self.weights[self.uniform], self.biases[self.uniform])
         if self.modality is None:
             raise RuntimeError("a folded MM-Adapter layer needs its batch's modalities (LaVINModel sets them)")
-        first = int(self.modality[0])
-        if bool((self.modality == first).all()):
-            return F.linear(x, self.weights[first], self.biases[first])
         out = x.new_empty(*x.shape[:-1], self.weights.shape[1])
         for m in (0, 1):
             rows = (self.modality == m).nonzero().squeeze(-1)
@@ -373,13 +373,15 @@ def modality_rows(folding: Folding | None, has_image: torch.Tensor) -> Iterator[
     """Every folded layer reads rows of image-text samples (1) and text-only ones (0) with that
     modality's weights while the block is open."""
     layers = folding.layers() if folding is not None else []
+    modality = has_image.long()
+    uniform = int(modality[0]) if bool((modality == modality[0]).all()) else None
     for layer in layers:
-        layer.modality = has_image.long()
+        layer.modality, layer.uniform = modality, uniform
     try:
         yield
     finally:
         for layer in layers:
-            layer.modality = None
+            layer.modality, layer.uniform = None, None
 
 
 class VisualNeck(AdapterModule):
