@@ -91,12 +91,8 @@ test: install ## the test suite (tiny backbones, CPU)
 test-fast: install ## the test suite without the slow tests
 	$(OFFLINE) $(BIN)/pytest -q -m "not slow"
 
-bench: install ## step time of every method vs the frozen backbone, decoding tokens/s, caption scoring, DDP/FSDP scaling, ScienceQA evaluation speed, padding
-	$(OFFLINE) $(BIN)/python benchmarks/step_time.py
-	$(OFFLINE) $(BIN)/python benchmarks/caption_scoring.py --source synthetic
-	$(OFFLINE) $(BIN)/python benchmarks/distributed_scaling.py
-	$(OFFLINE) $(BIN)/python benchmarks/scienceqa_eval.py
-	$(OFFLINE) $(BIN)/python benchmarks/length_buckets.py
+bench: install ## every benchmark (step time and decoding vs the frozen backbone, caption scoring, DDP/FSDP, ScienceQA eval, padding, ...) -> runs/bench/report.{json,md}; QUICK=1: a short run
+	$(OFFLINE) $(BIN)/python benchmarks/report.py --out runs/bench $(if $(QUICK),--quick,)
 
 params: install ## trainable/total parameters of a config on the meta device: make params CFG=...
 	$(OFFLINE) $(BIN)/lavin-lightning params --config $(CFG)

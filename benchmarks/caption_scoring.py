@@ -1,6 +1,6 @@
 """Time to score a Karpathy-test-sized caption set (5,000 images), stage by stage.
 
-    python benchmarks/caption_scoring.py [--source auto|shared|synthetic] [--images 5000] [--refs 5]
+    python benchmarks/caption_scoring.py [--source auto|shared|synthetic] [--images 5000] [--refs 5] [--json PATH]
 
 * shared: the Karpathy test split from the shared reference data (beside the repository),
   human reference 0 as the candidates against references 1-4 (5,000 images x 4 references);
@@ -26,6 +26,9 @@ sys.path.insert(0, str(REPO))
 
 from lavin_lightning.formats.captions import read_coco_references, read_coco_results  # noqa: E402
 from lavin_lightning.metrics.captions import ALL_METRICS, ptb_tokenize, score_tokenized  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import entry, write_json  # noqa: E402
 
 CAPTIONS = REPO.parent / "shared" / "reference-data" / "captions"
 LABELS = {"Bleu": "BLEU-1..4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr", "ROUGE_1": "ROUGE-1/L F,R"}
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument("--source", choices=("auto", "shared", "synthetic"), default="auto")
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--refs", type=int, default=5, help="references per image (synthetic only)")
+    parser.add_argument("--json", default=None, help="also write the results here (for benchmarks/report.py)")
     args = parser.parse_args()
 
     source = args.source
@@ -96,6 +100,12 @@ def main() -> None:
         print(f"{stage:<18}{value:>9.2f}")
     print(f"{'total':<18}{sum(seconds.values()):>9.2f}")
     print("\n" + "  ".join(f"{key} {value:.4f}" for key, value in scores.items()))
+    total = sum(seconds.values())
+    write_json(args.json, [entry(f"share of scoring time: {stage}", value / total, "fraction")
+                           for stage, value in seconds.items()],
+               [entry(f"scoring {len(results)} images: {stage}", value, "s") for stage, value in seconds.items()]
+               + [entry(f"scoring {len(results)} images: total", total, "s")],
+               settings=vars(args), source=source, scores=scores)
 
 
 if __name__ == "__main__":

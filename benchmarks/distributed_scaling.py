@@ -1,6 +1,7 @@
 """DDP and FSDP scaling on 2 CPU processes, and (on a GPU) LaVIN-7B's ScienceQA training time.
 
     python benchmarks/distributed_scaling.py [--batch 4] [--steps 5] [--llm smollm2|tiny] [--section all|cpu|gpu]
+                                             [--json PATH]
 
 * cpu: `lavin-lightning fit` of LaVIN (experiments/tiny/lavin_tiny.yaml's settings on the embedded
   default's architecture, random weights, byte-level tokens) on the embedded easy-VQA data, run
@@ -37,6 +38,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import entry, write_json  # noqa: E402
+
 BASE = REPO / "experiments" / "base"
 STRATEGIES = {  # name -> (processes, trainer configs and overrides)
     "one process": (1, ["--config", str(BASE / "trainer_cpu.yaml")]),
@@ -116,7 +120,7 @@ def fit(name: str, args: argparse.Namespace, data: Path, overlay: Path, folder: 
     return {"processes": processes, "step": statistics.median(times), "frozen_bytes": record["frozen_bytes"]}
 
 
-def cpu_section(args: argparse.Namespace) -> None:
+def cpu_section(args: argparse.Namespace) -> dict:
     from data_modules.prepare.easy_vqa import build_scienceqa_from_easy_vqa
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +140,8 @@ def cpu_section(args: argparse.Namespace) -> None:
         per_process = args.batch / r["step"]
         print(f"  {name:<12} {r['processes']:>9} {r['step']:>8.3f} {per_process:>18.2f} {per_process / base:>11.2f} "
               f"{r['frozen_bytes'] / 1e6:>18.1f}")
+        r["efficiency"] = per_process / base
+    return results
 
 
 def lavin_7b_batch(module, batch_size: int, tokens: int, device: torch.device) -> dict:
@@ -172,10 +178,10 @@ def median_step_time(module, batch: dict, steps: int, autocast_dtype: torch.dtyp
     return statistics.median(times)
 
 
-def gpu_section(args: argparse.Namespace) -> None:
+def gpu_section(args: argparse.Namespace) -> dict | None:
     if not torch.cuda.is_available():
         print("LaVIN-7B on ScienceQA: skipped (no CUDA device; the projection times a real-size step on a GPU)")
-        return
+        return None
     from lavin_lightning.config import build_module, load_configs
 
     device = torch.device("cuda")
@@ -195,6 +201,8 @@ def gpu_section(args: argparse.Namespace) -> None:
     print(f"  20 epochs of ScienceQA ({SQA_TRAIN:,} problems, batch {SQA_BATCH}: {steps:,} steps) on {GPUS} GPUs: "
           f"{steps * step_s / 3600:.2f} hours projected (perfect scaling) vs the paper's {PAPER_HOURS} hours "
           f"(8 A100s)")
+    return {"device": torch.cuda.get_device_name(device), "step_seconds": step_s,
+            "projected_hours": steps * step_s / 3600}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,12 +211,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps after the warm-up")
     ap.add_argument("--llm", choices=["smollm2", "tiny"], default="smollm2", help="architecture of the cpu section")
     ap.add_argument("--section", choices=["all", "cpu", "gpu"], default="all")
+    ap.add_argument("--json", default=None, help="also write the results here (for benchmarks/report.py)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
+    ratios, absolute, details = [], [], {}
     if args.section in ("all", "cpu"):
-        cpu_section(args)
+        details["cpu"] = cpu = cpu_section(args)
+        for name, r in cpu.items():
+            absolute.append(entry(f"LaVIN fit, {name}", r["step"], "s/step", f"{r['processes']} process(es)"))
+            if name != "one process":
+                ratios.append(entry(f"scaling efficiency: {name}", r["efficiency"], "x",
+                                    "samples/s per process vs one process"))
     if args.section in ("all", "gpu"):
-        gpu_section(args)
+        details["gpu"] = gpu = gpu_section(args)
+        if gpu is not None:
+            absolute.append(entry(f"LaVIN-7B step on {gpu['device']}", gpu["step_seconds"], "s"))
+            ratios.append(entry("LaVIN-7B ScienceQA training time vs paper", gpu["projected_hours"] / PAPER_HOURS,
+                                "x", f"{gpu['projected_hours']:.2f} h projected, paper {PAPER_HOURS} h"))
+    write_json(args.json, ratios, absolute, settings=vars(args), results=details)
 
 
 if __name__ == "__main__":

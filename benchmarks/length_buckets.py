@@ -46,6 +46,9 @@ from data_modules.prepare.instructions import verifiable_instructions  # noqa: E
 from data_modules.scienceqa import ScienceQADataModule  # noqa: E402
 from lavin_lightning.batch import IGNORE_INDEX  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import entry, write_json  # noqa: E402
+
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "scienceqa"
 RELEASE_ROW = 512  # the LaVIN release pads every training row to max_seq_len (512)
 
@@ -206,8 +209,21 @@ def main(argv: list[str] | None = None) -> dict:
             results["tokens_per_second"] = {k: round(v, 1) for k, v in speeds.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    ratios, absolute = [], []
+    for name, arrangements_of in results.items():
+        if name == "tokens_per_second":
+            continue
+        for arrangement, r in arrangements_of.items():
+            ratios.append(entry(f"padding: {name}, {arrangement}", r["padding_llm_rows"], "fraction",
+                                f"text rows {r['padding_text']:.3f}; one-modality batches "
+                                f"{r['one_modality_batches']}/{r['batches']}"))
+    speeds = results.get("tokens_per_second", {})
+    for arrangement, rate in speeds.items():
+        absolute.append(entry(f"LaVIN training: {arrangement}", rate, "tokens/s"))
+        if not arrangement.startswith("release"):
+            ratios.append(entry(f"training throughput: {arrangement}", rate / speeds["release (rows of 512)"], "x",
+                                "real tokens/s vs the release's 512-token rows"))
+    write_json(args.json, ratios, absolute, settings=vars(args), results=results)
     return results
 
 

@@ -50,6 +50,9 @@ from data_modules.scienceqa import ScienceQADataModule  # noqa: E402
 from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation  # noqa: E402
 from lavin_lightning.commands.demo import embedded_module  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import entry, write_json  # noqa: E402
+
 MODES = {
     "release": {"stop": False, "compact": False, "eval_order": "split", "evaluation": "generate"},
     "stop/masked": {"stop": True, "compact": False, "eval_order": "split", "evaluation": "generate"},
@@ -177,9 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"release: {unparsed}/{problems} generations hold no valid 'The answer is X.' (unparsed); seconds are "
           f"medians of {args.repeats} run(s); encoded: LLM positions of prompts, re-encoded rows and packed options "
           "(padding included); decoded: row-steps of one new token")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "problems": problems, "unparsed": unparsed,
-                                               "modes": summary}, indent=1))
+    ratios = [entry(f"eval speed-up: {name}", r["speedup"], "x", f"wall, vs release; CPU {r['cpu_speedup']:.2f}x")
+              for name, r in summary.items() if name != "release"]
+    absolute = [entry(f"eval {name}", r["seconds"], "s", f"CPU {r['cpu_seconds']} s; answers = release "
+                      f"{r['answers_equal_release']}/{problems}") for name, r in summary.items()]
+    write_json(args.json, ratios, absolute, settings=vars(args), problems=problems, unparsed=unparsed, modes=summary)
     return summary
 
 

@@ -1,7 +1,9 @@
 """Step time of every method vs the frozen backbone alone on the same batch, and decoding speed.
 
-    python benchmarks/step_time.py [--llm smollm2|tiny] [--batch 8] [--steps 6]
-                                   [--section all|lavin|lavin-decode|text|decode|petal]
+    python benchmarks/step_time.py [--llm smollm2|llama-1b|tiny] [--batch 8] [--steps 6]
+                                   [--section all|lavin,lavin-decode,text,decode,petal]
+                                   [--device cpu|cuda] [--dtype float32|bfloat16]
+                                   [--profile] [--json PATH]
 
 Every method is the one of `experiments/tiny/<method>_tiny.yaml` (the demos' settings) on the
 embedded default's architecture with random weights (timing does not depend on the values).
@@ -22,12 +24,21 @@ embedded default's architecture with random weights (timing does not depend on t
   form) against the frozen InstructBLIP back-propagating to its query tokens (what any
   Q-Former adapter makes the real run do).
 Steps alternate between variants to share machine noise; medians are reported.
+
+`--device cuda` runs the same on a GPU (synchronised around every timing), `--dtype bfloat16`
+stores the frozen weights in bf16 (adapters stay fp32), `--llm llama-1b` is a ~1.1B LLaMA shape
+(TinyLlama's, SmolLM2's vocabulary) with random weights, big enough for GPU numbers to mean
+something. `--profile` adds, per training variant, torch.profiler's self-CPU time per step and
+the operators that add the most to it over the baseline (robust to a shared machine's load).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
+import json
+import os
 import statistics
 import sys
 import time
@@ -36,6 +47,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # report.py, also when imported as benchmarks.step_time
+
+from report import entry, write_json  # noqa: E402
 
 from data_modules.batching import Collator, encode_segments  # noqa: E402
 from data_modules.templates import encode_conversation, encode_records, instruction_suffix  # noqa: E402
@@ -46,22 +60,44 @@ from lavin_lightning.formats.instructions import InstructRecord  # noqa: E402
 from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule, GenerationConfig  # noqa: E402
 from lavin_lightning.models.instructblip import InstructBLIPModule  # noqa: E402
 
+# A ~1.1B LLaMA shape (TinyLlama-1.1B's widths and depth) with SmolLM2's vocabulary, so that
+# SmolLM2's tokenizer reads it: GPU timings of a model that keeps a GPU busy.
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+            "num_key_value_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048}
+DEVICE = torch.device("cpu")
+SECTIONS = ("lavin", "lavin-decode", "text", "decode", "petal")
 
-def backbones(llm: str) -> dict:
+
+def sync() -> None:
+    if DEVICE.type == "cuda":  # GPU work is asynchronous: wait for it before reading the clock
+        torch.cuda.synchronize(DEVICE)
+
+
+def on_device(batch: dict) -> dict:
+    return {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def backbones(llm: str, dtype: str = "float32") -> dict:
     """The backbone arguments of the benchmarked modules: the embedded default's architectures
-    with random weights (no GGUF de-quantisation), or the tiny test backbones."""
+    (or a ~1B LLaMA shape) with random weights (no GGUF de-quantisation), or the tiny test backbones."""
     if llm == "tiny":
-        return {"llm": {"config": "tiny"}, "vision": {"kind": "clip", "config": "tiny", "cls_every": 1},
+        return {"llm": {"config": "tiny", "dtype": dtype}, "vision": {"kind": "clip", "config": "tiny", "cls_every": 1},
                 "backbone": {"config": "tiny-llama"}}
-    smollm2 = {"config": llama_config(LLMSpec(**EMBEDDED["llm"])).to_dict()}
-    return {"llm": smollm2, "vision": EMBEDDED["vision"],
-            "backbone": {"config": "small", "language_model": smollm2, "qformer_tokenizer": MINILM}}
+    saved = Path(TOKENIZER or "") / "llm_config.json"
+    # SmolLM2's architecture, read from the embedded GGUF, or saved beside --tokenizer.
+    config = json.loads(saved.read_text()) if TOKENIZER and saved.is_file() else \
+        llama_config(LLMSpec(**EMBEDDED["llm"])).to_dict()
+    if llm == "llama-1b":
+        config.update(LLAMA_1B)
+    language = {"config": config, "dtype": dtype}
+    return {"llm": language, "vision": EMBEDDED["vision"],
+            "backbone": {"config": "small", "language_model": language, "qformer_tokenizer": MINILM}}
 
 
 def module(method: str, backbone_args: dict, **settings):
     torch.manual_seed(0)
     built = embedded_module(method, backbones=backbone_args, **settings)
-    if backbone_args["llm"] != {"config": "tiny"}:
+    if backbone_args["llm"].get("config") != "tiny":
         # Random weights of SmolLM2's architecture, read by SmolLM2's own tokenizer (the
         # sequence lengths of the real runs).
         tokenizer = smollm2_tokenizer()
@@ -70,11 +106,18 @@ def module(method: str, backbone_args: dict, **settings):
         else:
             built._tokenizers = (tokenizer, built.instruction_tokenizer)
     built.configure_model()
-    return built
+    return built.to(DEVICE)
+
+
+TOKENIZER: str | None = None  # --tokenizer: a saved copy of SmolLM2's tokenizer (machines without the GGUF)
 
 
 @functools.cache
 def smollm2_tokenizer():
+    if TOKENIZER:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(TOKENIZER, local_files_only=True)
     return load_tokenizer(LLMSpec(**EMBEDDED["llm"]))
 
 
@@ -137,30 +180,91 @@ def petal_batch(module, batch_size: int) -> dict:
 
 def time_steps(variants: dict[str, Step], batch: dict, steps: int) -> dict[str, float]:
     """Median seconds per training step (forward, backward, AdamW) of each variant."""
-    optimizers = {k: torch.optim.AdamW(ps, lr=1e-4) if (ps := [p for p in v.parameters() if p.requires_grad])
+    # Multi-tensor AdamW (PyTorch's default on GPUs; on CPUs the default loops over the
+    # parameters, ~10 small operators each: hundreds per step for adapters in every layer).
+    optimizers = {k: torch.optim.AdamW(ps, lr=1e-4, foreach=FOREACH) if (ps := [p for p in v.parameters()
+                                                                             if p.requires_grad])
                   else None for k, v in variants.items()}
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for step in range(steps + 1):  # step 0 warms up
-        for name, variant in variants.items():
-            variant.train()
+    def step(name: str) -> None:
+        variant, optimizer = variants[name], optimizers[name]
+        variant.train()
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        variant.loss(batch).backward()
+        if optimizer is not None:
+            optimizer.step()
+
+    for step_index in range(steps + 1):  # step 0 warms up
+        for name in variants:
+            sync()
             start = time.perf_counter()
-            if optimizers[name] is not None:
-                optimizers[name].zero_grad(set_to_none=True)
-            variant.loss(batch).backward()
-            if optimizers[name] is not None:
-                optimizers[name].step()
-            if step:
+            step(name)
+            sync()
+            if step_index:
                 times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    if PROFILE:
+        PROFILES[id(variants)] = {name: profile_steps(functools.partial(step, name)) for name in variants}
+    return medians
 
 
-def report(title: str, variants: dict[str, Step], medians: dict[str, float], base_name: str) -> None:
+PROFILE = False
+FOREACH = True
+PROFILES: dict[int, dict[str, dict[str, tuple[float, int]]]] = {}
+
+
+def profile_steps(step, steps: int = 3) -> dict[str, tuple[float, int]]:
+    """Self-CPU milliseconds and calls per step of every operator over `steps` profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    ops: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+    for event in prof.key_averages():
+        ops[event.key][0] += event.self_cpu_time_total / 1000 / steps
+        ops[event.key][1] += event.count / steps
+    return {k: (v[0], v[1]) for k, v in ops.items()}
+
+
+def profile_report(profiles: dict[str, dict[str, tuple[float, int]]], base_name: str, top: int = 8) -> dict:
+    """Print each variant's self-CPU ms per step against the baseline's and the operators that add most."""
+    base = profiles[base_name]
+    base_total = sum(ms for ms, _ in base.values())
+    print(f"  profiler, self-CPU ms per step (3 steps; {base_name}: {base_total:.1f} ms, "
+          f"{sum(n for _, n in base.values()):.0f} operator calls):")
+    summary = {}
+    for name, ops in profiles.items():
+        if name == base_name:
+            continue
+        total = sum(ms for ms, _ in ops.values())
+        calls = sum(n for _, n in ops.values()) - sum(n for _, n in base.values())
+        extra = sorted(((ms - base.get(op, (0.0, 0))[0], n - base.get(op, (0.0, 0))[1], op)
+                        for op, (ms, n) in ops.items()), reverse=True)[:top]
+        print(f"    {name:<22} {total:8.1f} ms  ({(total / base_total - 1) * 100:+5.1f}%, {calls:+.0f} calls); "
+              "most added: "
+              + ", ".join(f"{op} {ms:+.1f} ms/{n:+.0f}" for ms, n, op in extra if ms > 0.05))
+        summary[name] = {"self_cpu_ms": round(total, 2), "overhead_pct": round((total / base_total - 1) * 100, 2),
+                         "extra_calls": round(calls), "top_added": {op: round(ms, 2) for ms, _, op in extra}}
+    return summary
+
+
+def report(title: str, variants: dict[str, Step], medians: dict[str, float], base_name: str) -> dict:
     base = medians[base_name]
     print(title)
+    rows = {}
     for name, median in medians.items():
         trainable = sum(p.numel() for p in variants[name].parameters() if p.requires_grad)
         print(f"  {name:<22} {median * 1000:8.1f} ms/step  x{median / base:.3f}  ({(median / base - 1) * 100:+5.1f}%)"
               f"   trainable {trainable:,}")
+        rows[name] = {"ms_per_step": round(median * 1000, 2), "ratio": round(median / base, 4),
+                      "trainable": trainable}
+    section = {"title": title, "baseline": base_name, "variants": rows}
+    if id(variants) in PROFILES:
+        section["profile"] = profile_report(PROFILES.pop(id(variants)), base_name)
+    return section
 
 
 class FrozenLLM(AdaptedCausalLM):
@@ -176,8 +280,8 @@ def text_variants(backbone_args: dict) -> dict[str, CausalLMModule]:
 
 
 def decode_speed(methods: dict[str, CausalLMModule], frozen: AdaptedCausalLM, tokenizer, new_tokens: int,
-                 repeats: int) -> None:
-    batch = text_batch(tokenizer, 1)
+                 repeats: int) -> dict:
+    batch = on_device(text_batch(tokenizer, 1))
     batch.pop("labels")
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
     models = {"frozen backbone": frozen, **{name: m.model for name, m in methods.items()}}
@@ -193,19 +297,27 @@ def decode_speed(methods: dict[str, CausalLMModule], frozen: AdaptedCausalLM, to
         for repeat in range(repeats + 1):
             for name, (model, cache) in runs.items():
                 model.eval()
+                sync()
                 start = time.perf_counter()
                 model.generate(batch, config, use_cache=cache)
+                sync()
                 if repeat:
                     times[name].append(time.perf_counter() - start)
         for context in contexts:
             context.__exit__(None, None, None)
     print(f"decoding, batch 1, prompt {batch['input_ids'].shape[1]} tokens, {new_tokens} new tokens (median of "
           f"{repeats}; as predict runs each method):")
-    for name, values in times.items():
-        print(f"  {name:<28} {new_tokens / statistics.median(values):8.1f} tokens/s")
+    speeds = {name: new_tokens / statistics.median(values) for name, values in times.items()}
+    rows = {}
+    for name, speed in speeds.items():
+        cache = " cached" if name.endswith(" cached") else " uncached"
+        ratio = speed / speeds["frozen backbone" + cache]
+        print(f"  {name:<28} {speed:8.1f} tokens/s  x{ratio:.3f} of the frozen backbone{cache}")
+        rows[name] = {"tokens_per_s": round(speed, 2), "ratio": round(ratio, 4)}
+    return {"prompt_tokens": batch["input_ids"].shape[1], "new_tokens": new_tokens, "variants": rows}
 
 
-def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> None:
+def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> dict:
     adapted, stripped = module("lavin", backbone_args), module("lavin", backbone_args)
     strip_adapters(stripped.model)
     adapted.fold_for_inference = False
@@ -213,10 +325,12 @@ def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> No
     variants = {"frozen backbone": stripped, "MMA unfolded": adapted, "MMA folded": folded}
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
     print(f"LaVIN cached decoding, batch 1, {new_tokens} new tokens (median of {repeats}):")
+    rows = {}
     for modality, has_image in (("image prompt", True), ("text-only prompt", False)):
         batch = lavin_batch(adapted.tokenizer, 1, adapted.model.vision.image_size)
         batch.pop("labels")
-        batch["has_image"] = torch.tensor([has_image])
+        batch = on_device(batch)
+        batch["has_image"] = torch.tensor([has_image], device=DEVICE)
         times: dict[str, list[float]] = {name: [] for name in variants}
         with torch.no_grad():
             for m in variants.values():
@@ -225,14 +339,18 @@ def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> No
             with folded.inference():
                 for repeat in range(repeats + 1):  # variants alternate: they share the machine's noise
                     for name, m in variants.items():
+                        sync()
                         start = time.perf_counter()
                         m.model.generate(batch, config)
+                        sync()
                         if repeat:
                             times[name].append(time.perf_counter() - start)
         base = new_tokens / statistics.median(times["frozen backbone"])
         for name, values in times.items():
             speed = new_tokens / statistics.median(values)
             print(f"  {modality:<17} {name:<16} {speed:8.1f} tokens/s  x{speed / base:.3f} of the frozen backbone")
+            rows[f"{modality}, {name}"] = {"tokens_per_s": round(speed, 2), "ratio": round(speed / base, 4)}
+    return {"new_tokens": new_tokens, "variants": rows}
 
 
 def petal_variants(backbone_args: dict) -> dict[str, Step]:
@@ -249,47 +367,97 @@ def petal_variants(backbone_args: dict) -> dict[str, Step]:
     return variants
 
 
-def main(argv: list[str] | None = None) -> None:
+def headline(results: dict) -> tuple[list[dict], list[dict]]:
+    """The report's ratios (overhead per method vs its frozen baseline, decode ratios) and absolute times."""
+    ratios, absolute = [], []
+    for key, label in (("lavin", "LaVIN"), ("text", "text"), ("petal", "InstructBLIP")):
+        section = results.get(key)
+        if section is None:
+            continue
+        for name, row in section["variants"].items():
+            absolute.append(entry(f"{label} step: {name}", row["ms_per_step"], "ms"))
+            if name != section["baseline"]:
+                ratios.append(entry(f"{label} training overhead: {name}", (row["ratio"] - 1) * 100, "%",
+                                    f"vs {section['baseline']}; budget <= 5%"))
+        for name, prof in section.get("profile", {}).items():
+            ratios.append(entry(f"{label} self-CPU overhead (profiler): {name}", prof["overhead_pct"], "%"))
+    for key, label in (("decode", "decode"), ("lavin-decode", "LaVIN decode")):
+        section = results.get(key)
+        if section is None:
+            continue
+        for name, row in section["variants"].items():
+            absolute.append(entry(f"{label}: {name}", row["tokens_per_s"], "tokens/s"))
+            if not name.startswith("frozen backbone") and not name.endswith("frozen backbone"):
+                ratios.append(entry(f"{label} speed: {name}", row["ratio"], "x", "of the frozen backbone; "
+                                    "target >= 0.95x"))
+    return ratios, absolute
+
+
+def main(argv: list[str] | None = None) -> dict:
+    global DEVICE, PROFILE, TOKENIZER, FOREACH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--llm", choices=["smollm2", "tiny"], default="smollm2")
+    ap.add_argument("--llm", choices=["smollm2", "llama-1b", "tiny"], default="smollm2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--section", choices=["all", "lavin", "lavin-decode", "text", "decode", "petal"], default="all")
+    ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--section", default="all", help="all, or comma-separated: " + ", ".join(SECTIONS))
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the frozen weights")
+    ap.add_argument("--optimizer", choices=["foreach", "loop"], default="foreach",
+                    help="AdamW's multi-tensor implementation, or its per-parameter loop (CPU default of torch)")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler self-CPU breakdown of the training steps")
+    ap.add_argument("--tokenizer", default=None, help="SmolLM2's tokenizer saved with save_pretrained (default: "
+                    "read from the embedded GGUF file)")
+    ap.add_argument("--json", default=None, help="also write the results here (for benchmarks/report.py)")
     args = ap.parse_args(argv)
-    backbone_args = backbones(args.llm)
-    print(f"LLM {args.llm} architecture, {torch.get_num_threads()} threads")
-    if args.section in ("all", "lavin"):
+    TOKENIZER, FOREACH = args.tokenizer, args.optimizer == "foreach"
+    chosen = set(SECTIONS) if args.section == "all" else set(args.section.split(","))
+    if chosen - set(SECTIONS):
+        ap.error(f"unknown sections {sorted(chosen - set(SECTIONS))}; choose from {SECTIONS}")
+    DEVICE, PROFILE = torch.device(args.device), args.profile
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
+    backbone_args = backbones(args.llm, args.dtype)
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"LLM {args.llm} architecture ({args.dtype} frozen weights), {where}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    results: dict = {}
+    if "lavin" in chosen:
         adapted, stripped = module("lavin", backbone_args), module("lavin", backbone_args)
         strip_adapters(stripped.model)
         variants = {"frozen backbone": of(stripped), "MMA-adapted": of(adapted)}
-        batch = lavin_batch(adapted.tokenizer, args.batch, adapted.model.vision.image_size)
+        batch = on_device(lavin_batch(adapted.tokenizer, args.batch, adapted.model.vision.image_size))
         medians = time_steps(variants, batch, args.steps)
-        report(f"LaVIN training step, batch {args.batch}, {batch['input_ids'].shape[1]} text tokens:", variants,
-               medians, "frozen backbone")
+        results["lavin"] = report(f"LaVIN training step, batch {args.batch}, {batch['input_ids'].shape[1]} text "
+                                  "tokens:", variants, medians, "frozen backbone")
         print(f"  MMA overhead: {(medians['MMA-adapted'] / medians['frozen backbone'] - 1) * 100:+.1f}% "
-              "(budget: <= 15%)")
-    if args.section in ("all", "lavin-decode"):
-        lavin_decode_speed(backbone_args, args.new_tokens, repeats=5)
-    if args.section in ("all", "text", "decode"):
+              "(budget: <= 5%)")
+        del adapted, stripped, variants
+    if "lavin-decode" in chosen:
+        results["lavin-decode"] = lavin_decode_speed(backbone_args, args.new_tokens, repeats=5)
+    if chosen & {"text", "decode"}:
         methods = text_variants(backbone_args)
         tokenizer = next(iter(methods.values())).tokenizer
         torch.manual_seed(0)
-        frozen = FrozenLLM(next(iter(methods.values())).build_model().llm, tokenizer)
-    if args.section in ("all", "text"):
-        batch = text_batch(tokenizer, args.batch)
+        frozen = FrozenLLM(next(iter(methods.values())).build_model().llm, tokenizer).to(DEVICE)
+    if "text" in chosen:
+        batch = on_device(text_batch(tokenizer, args.batch))
         variants = {"frozen backbone": Step(frozen, frozen.loss), **{k: of(m) for k, m in methods.items()}}
-        report(f"text training step, batch {args.batch}, {batch['input_ids'].shape[1]} tokens:", variants,
-               time_steps(variants, batch, args.steps), "frozen backbone")
-    if args.section in ("all", "decode"):
-        decode_speed(methods, frozen, tokenizer, args.new_tokens, repeats=3)
-    if args.section in ("all", "petal"):
+        results["text"] = report(f"text training step, batch {args.batch}, {batch['input_ids'].shape[1]} tokens:",
+                                 variants, time_steps(variants, batch, args.steps), "frozen backbone")
+    if "decode" in chosen:
+        results["decode"] = decode_speed(methods, frozen, tokenizer, args.new_tokens, repeats=args.decode_repeats)
+    if "petal" in chosen:
         variants = petal_variants(backbone_args)
         petal = variants["petal"].model
-        batch = petal_batch(module("petal", backbone_args), args.batch)
-        report(f"InstructBLIP training step, batch {args.batch}, {batch['input_ids'].shape[1]} LM tokens + "
-               f"{petal.num_queries} queries:", variants, time_steps(variants, batch, args.steps),
-               "frozen InstructBLIP")
+        batch = on_device(petal_batch(module("petal", backbone_args), args.batch))
+        results["petal"] = report(f"InstructBLIP training step, batch {args.batch}, {batch['input_ids'].shape[1]} LM "
+                                  f"tokens + {petal.num_queries} queries:", variants,
+                                  time_steps(variants, batch, args.steps), "frozen InstructBLIP")
+    ratios, absolute = headline(results)
+    write_json(args.json, ratios, absolute, settings=vars(args), device=where, sections=results)
+    return results
 
 
 if __name__ == "__main__":

@@ -50,14 +50,23 @@ def fingerprint(module: nn.Module) -> dict:
     values = hashlib.sha256()
     on_meta = False
     for name, param in frozen:
-        structure.update(f"{name}:{tuple(param.shape)};".encode())
+        # A quantized weight (backbones.llama.quantize_frozen_linears) counts as the float weight it
+        # was made from, as fp16 and fp32 copies do; how it was quantized is recorded beside.
+        source = getattr(param, "quantized_from", None)
+        structure.update(f"{name}:{source[0] if source else tuple(param.shape)};".encode())
         if param.device.type == "meta":
             on_meta = True
             continue
-        flat = param.detach().flatten()
-        sample = torch.cat([flat[:4], flat[-4:]]).to("cpu", torch.float16)
+        if source is not None:
+            sample = source[1]
+        else:
+            flat = param.detach().flatten()
+            sample = torch.cat([flat[:4], flat[-4:]]).to("cpu", torch.float16)
         values.update(sample.numpy().tobytes())
-    return {"structure": structure.hexdigest()[:16], "weights": None if on_meta else values.hexdigest()[:16]}
+    record = {"structure": structure.hexdigest()[:16], "weights": None if on_meta else values.hexdigest()[:16]}
+    if getattr(module, "quantization", None):
+        record["quantization"] = dict(module.quantization)
+    return record
 
 
 def adapter_state(pl_module) -> dict[str, torch.Tensor]:
@@ -286,6 +295,10 @@ def check_meta(saved: dict, current: dict, allow_backbone_mismatch: bool = False
         if then is None:
             problems.append(f"backbone.{role}: not recorded in the checkpoint")
             continue
+        if then.get("quantization") != now.get("quantization"):
+            # Not a mismatch: the same weights, quantized otherwise (or not), like another dtype.
+            log.warning("backbone.%s: the adapters were trained over %s and run over %s (outputs differ by the "
+                        "quantization error)", role, _quantization_name(then), _quantization_name(now))
         if then.get("structure") != now["structure"]:
             problems.append(f"backbone.{role}: architecture differs (checkpoint trained on {then.get('id')!r}, "
                             f"model is {now['id']!r})")
@@ -294,6 +307,11 @@ def check_meta(saved: dict, current: dict, allow_backbone_mismatch: bool = False
             problems.append(f"backbone.{role}: same architecture but different weights (checkpoint trained "
                             f"on {then.get('id')!r}){weights_hint}")
     return problems
+
+
+def _quantization_name(record: dict) -> str:
+    q = record.get("quantization")
+    return f"a {q['backend']} {q['bits']}-bit quantized backbone" if q else "a float backbone"
 
 
 def evaluation_setting_changes(saved: dict, current: dict) -> list[str]:

@@ -68,9 +68,11 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
             listed: the processes' gathers would no longer line up.
         frozen_dtype: dtype the frozen weights are held in ("bfloat16", "float16", "float32"),
             cast once before sharding; None keeps them as loaded. Trainable parameters keep theirs.
-        activation_checkpointing: recompute each layer's activations in backward instead of
-            storing them (less memory for longer sequences or larger batches, one more forward
-            pass per step).
+        activation_checkpointing: turn on the model's `activation_checkpointing` (one mechanism for
+            every strategy, `PEFTModule.enable_activation_checkpointing`): each backbone block's
+            activations are recomputed in backward instead of stored (less memory for longer
+            sequences or larger batches, one more forward pass per step). FSDP's hooks stay
+            outside the recomputed part, so a block is gathered once for its backward.
         process_group_backend: "nccl" / "gloo"; None picks by device.
     """
 
@@ -105,7 +107,6 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
 
     def shard(self, module: nn.Module) -> None:
         """Shard `module` (the LightningModule, built by `configure_model`) in place; idempotent."""
-        from torch.distributed._composable import checkpoint
         from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
         trainable = [p for p in module.parameters() if p.requires_grad]
@@ -119,6 +120,12 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
             raise ConfigError(f"FSDP found no module of the layer classes {list(self.layer_classes)} in "
                               f"{type(module).__name__}; set the strategy's layer_classes (the model has: "
                               f"{found[:40]})")
+        if self.activation_checkpointing:
+            enable = getattr(module, "enable_activation_checkpointing", None)
+            if enable is None:
+                raise ConfigError(f"activation_checkpointing: {type(module).__name__} is not a lavin-lightning "
+                                  "model (PEFTModule); set it on the model instead")
+            enable()  # before sharding: FSDP's subclass of each block keeps the switch
         if self.frozen_dtype is not None:
             for param in module.parameters():
                 if not param.requires_grad and param.is_floating_point():
@@ -126,8 +133,6 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
         mesh = self.device_mesh["data_parallel"]
         ignored = set(trainable)
         for layer in layers:
-            if self.activation_checkpointing:
-                checkpoint(layer)
             fully_shard(layer, mesh=mesh, ignored_params=ignored)
         fully_shard(module, mesh=mesh, ignored_params=ignored)
         for name in STEP_METHODS:

@@ -12,14 +12,15 @@ tokens I (low-rank D -> r -> C maps per layer), masked for samples without an im
 
 Seams (no forward is rebound):
 * Key_extra depends on token j alone, so it is computed where T is at hand, next to K:
-  `ExcitorProjection` wraps the frozen k_proj and appends Key_extra as extra heads. The
-  backbone then applies RoPE to it with the token's position (option B of the spec) and
-  the KV cache stores it with the keys. With `rope_on_key_extra=False` the wrapper sits on
-  v_proj instead, whose outputs are never rotated (option A, LLaMA-Adapter's convention).
-* `excitor_attention` (registered in transformers' AttentionInterface) splits the extra
-  heads off and folds them into the keys, Q K^T + g Q Key_extra^T = Q (K + g Key_extra)^T
-  per head, then calls the backbone's own attention function: one softmax, values
-  untouched, and with g = 0 the keys and outputs are exactly the backbone's.
+  `ExcitorProjection` wraps the frozen k_proj and returns one key per query head,
+  K + g Key_extra (Q K^T + g Q Key_extra^T = Q (K + g Key_extra)^T per head). The backbone
+  then applies RoPE to it with the token's position (option B of the spec; RoPE is linear)
+  and the KV cache stores it. With `rope_on_key_extra=False` the wrapper sits on v_proj
+  instead, whose outputs are never rotated (option A, LLaMA-Adapter's convention), and
+  appends Key_extra as extra heads that `excitor_attention` mixes into the keys after RoPE.
+* `excitor_attention` (registered in transformers' AttentionInterface) calls the backbone's
+  own attention function with those keys: one softmax, values untouched, and with g = 0
+  the keys and outputs are exactly the backbone's.
 The parameters of layer l live in `self_attn.{k,v}_proj.excitor` of that layer.
 """
 
@@ -138,17 +139,25 @@ class ExcitorBlock(AdapterModule):
         blocked[~has_image, prompt.shape[1]:] = torch.finfo(keys.dtype).min  # text-only: prompts only
         return keys, values, blocked
 
+    def _score_map(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The map (n, h, r, K[+V]) from the low-rank code down(T) to the Excitor scores, the
+        values (n, h, K[+V], c) and the visual mask: S_exc = up(down(T)) P^T / sqrt(c) =
+        down(T) (up^T P^T / sqrt(c)); the r x K product replaces a C-wide query per token."""
+        keys, values, blocked = self._keys_values()
+        head = keys.shape[-1] // self.heads
+        up = self.query.up.weight.view(self.heads, head, -1)  # (h, c, r)
+        keys = keys.view(keys.shape[0], -1, self.heads, head)  # (n, K, h, c)
+        score_map = torch.einsum("hcr,nkhc->nhrk", up, keys) / math.sqrt(head)
+        values = values.view(values.shape[0], -1, self.heads, head).transpose(1, 2)  # (n, h, K, c)
+        return score_map, values, blocked
+
     def key_extra(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, C): Key_extra of every token of `tokens` (the normed layer input)."""
         tokens = tokens.to(self.prompt.dtype)
         batch, length, width = tokens.shape
-        # Constant during a generation: the visual keys/values are computed once per decode.
-        keys, values, blocked = self.memo("keys_values", self._keys_values)
-        head = width // self.heads
-        query = self.query(tokens).view(batch, length, self.heads, head).transpose(1, 2)  # (B, h, T, c)
-        keys = keys.view(keys.shape[0], -1, self.heads, head).transpose(1, 2)  # (1|B, h, K, c)
-        values = values.view(values.shape[0], -1, self.heads, head).transpose(1, 2)
-        scores = torch.matmul(query, keys.transpose(2, 3)) / math.sqrt(head)
+        # Constant during a generation: computed once per decode (the visual keys/values too).
+        score_map, values, blocked = self.memo("score_map", self._score_map)
+        scores = torch.matmul(self.query.down(tokens)[:, None], score_map)  # (B, h, T, K)
         if blocked is not None:
             scores = scores + blocked[:, None, None, :]
         extra = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, h, T, c)
@@ -156,18 +165,38 @@ class ExcitorBlock(AdapterModule):
 
 
 class ExcitorProjection(nn.Module):
-    """A frozen k_proj (or v_proj) whose output carries Key_extra as extra heads."""
+    """A frozen k_proj (or v_proj) that carries Key_extra.
 
-    def __init__(self, base_layer: nn.Linear, excitor: ExcitorBlock):
+    On k_proj (`query_heads` given), it returns one key per query head, K + g Key_extra: the
+    gate is per head and RoPE linear, so after rotation Q (K + g Key_extra)^T = S + g S_extra
+    as before, while RoPE, the cache and attention handle H heads instead of K's heads plus H
+    extra ones (and attention needs no concatenation, repeat or add). On v_proj it appends
+    Key_extra as extra heads for `excitor_attention` (un-rotated, it mixes in after RoPE)."""
+
+    def __init__(self, base_layer: nn.Linear, excitor: ExcitorBlock, query_heads: int | None = None,
+                 ratio: float = 1.0):
         super().__init__()
         self.base_layer = base_layer
         self.excitor = excitor
+        self.query_heads = query_heads
+        self.ratio = ratio  # scale of the extra scores over the attention's own (extra_scale)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(hidden_states, *args, **kwargs)
         if not self.excitor.active:
             return out
-        return torch.cat([out, self.excitor.key_extra(hidden_states).to(out.dtype)], dim=-1)
+        extra = self.excitor.key_extra(hidden_states).to(out.dtype)
+        if self.query_heads is None:
+            return torch.cat([out, extra], dim=-1)
+        heads = self.query_heads
+        head_dim = extra.shape[-1] // heads
+        kv_heads = out.shape[-1] // head_dim
+        groups = heads // kv_heads
+        shift = (self.excitor.gate.to(out.dtype) * self.ratio).expand(heads).view(kv_heads, groups, 1)
+        # Key head j serves query heads j*groups .. (j+1)*groups-1 (repeat_kv's order).
+        keys = torch.addcmul(out.unflatten(-1, (kv_heads, 1, head_dim)), shift,
+                             extra.unflatten(-1, (kv_heads, groups, head_dim)))
+        return keys.flatten(-3)
 
 
 class _KeysPerQueryHead:
@@ -189,18 +218,19 @@ def excitor_attention(module, query, key, value, attention_mask, scaling, dropou
     Per head, S + g * S_extra = Q (K + g * Key_extra)^T * scale: the extra scores fold into a
     shifted key, so the backbone's kernel runs unchanged (no score-sized bias, no slower
     masked-gradient path) and with g = 0 the keys, hence the outputs, are exactly the
-    backbone's.
+    backbone's. Rotated (k_proj), the keys arrive shifted, one per query head; un-rotated
+    (v_proj), Key_extra arrives as extra value heads and is mixed in here.
     """
     attend = base_attention(module)
     n_kv = module.config.num_key_value_heads
-    carrier = "key" if key.shape[1] > n_kv else "value" if value.shape[1] > n_kv else None
-    if carrier is None:  # a layer without Excitor, or adapters disabled
+    if key.shape[1] > n_kv:  # keys already shifted, one per query head
+        value = repeat_kv(value, module.num_key_value_groups)
+        return attend(_KeysPerQueryHead(module), query, key, value, attention_mask, scaling=scaling,
+                      dropout=dropout, **kwargs)
+    if value.shape[1] == n_kv:  # a layer without Excitor, adapters disabled, or no GQA (keys shifted)
         return attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    if carrier == "key":
-        key, key_extra = key[:, :n_kv], key[:, n_kv:]
-    else:
-        value, key_extra = value[:, :n_kv], value[:, n_kv:]
-    excitor: ExcitorBlock = getattr(module, f"{'k' if carrier == 'key' else 'v'}_proj").excitor
+    value, key_extra = value[:, :n_kv], value[:, n_kv:]
+    excitor: ExcitorBlock = module.v_proj.excitor
     ratio = 1.0 if excitor.extra_scale == "head_dim" else module.config.hidden_size ** -0.5 / scaling
     shift = (excitor.gate.to(query.dtype) * ratio)[None, :, None, None]
     groups = module.num_key_value_groups
@@ -248,6 +278,12 @@ def inject(model: nn.Module, config: ExcitorConfig) -> Injection:
         block = ExcitorBlock(config, lm_config.hidden_size, lm_config.num_attention_heads, visual_width)
         if base.weight.device.type != "meta":
             block.to(base.weight.device)
-        replace_module(attention, carrier, ExcitorProjection(base, block))
+        if config.rope_on_key_extra:
+            scaling = getattr(attention, "scaling", head_dim ** -0.5)
+            ratio = 1.0 if config.extra_scale == "head_dim" else lm_config.hidden_size ** -0.5 / scaling
+            wrapper = ExcitorProjection(base, block, lm_config.num_attention_heads, ratio)
+        else:
+            wrapper = ExcitorProjection(base, block)
+        replace_module(attention, carrier, wrapper)
         blocks.append(block)
     return Injection(prefixed("llm", [f"{name}.{carrier}" for name in names]), blocks)

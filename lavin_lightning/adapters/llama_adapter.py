@@ -127,14 +127,16 @@ def llama_adapter_attention(module, query, key, value, attention_mask, scaling, 
         k = module.k_proj(prompts).view(n, length, -1, head_dim).transpose(1, 2)
         v = module.v_proj(prompts).view(n, length, -1, head_dim).transpose(1, 2)
         groups = module.num_key_value_groups
-        return repeat_kv(k, groups), repeat_kv(v, groups)
+        # The score scale and the gate go on the K prompt keys / values, not on the (B, H, T, K)
+        # scores and probabilities: (g P) V = P (g V), a few hundred values instead of B*H*T*K.
+        gate = adapter.gate_values().to(query.dtype)[:, None, None]
+        return repeat_kv(k * scaling, groups), gate * repeat_kv(v, groups)
 
-    # Constant during a generation (same prompts, same images): computed once per decode.
+    # Constant during a generation (same prompts, gates and images): computed once per decode.
     prompt_k, prompt_v = adapter.memo("prompt_kv", prompt_keys_values)
-    scores = torch.matmul(query, prompt_k.transpose(2, 3)) * scaling  # (B, H, Q, K)
+    scores = torch.matmul(query, prompt_k.transpose(2, 3))  # (B, H, Q, K)
     probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
-    gate = adapter.gate_values().to(query.dtype)[None, :, None, None]
-    prompt_out = torch.matmul(gate * probs, prompt_v).transpose(1, 2)  # (B, Q, H, d), as `out`
+    prompt_out = torch.matmul(probs, prompt_v).transpose(1, 2)  # (B, Q, H, d), as `out`
     return out + prompt_out, None
 
 

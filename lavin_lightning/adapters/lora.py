@@ -10,6 +10,7 @@ PETAL baseline).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -60,7 +61,10 @@ def inject(model: nn.Module, config: LoRAConfig) -> Injection:
 
     peft_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                              target_modules=list(config.target_modules), layers_to_transform=layers, bias="none")
-    inject_adapter_in_model(peft_config, root)
+    with warnings.catch_warnings():
+        # Over torchao weights (llm.quantization) peft warns that merge() would fail: merge_lora refuses first.
+        warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without")
+        inject_adapter_in_model(peft_config, root)
     modules = []
     for layer in peft_layers(root):
         for attr in layer.adapter_layer_names:
@@ -68,8 +72,26 @@ def inject(model: nn.Module, config: LoRAConfig) -> Injection:
     return Injection(prefixed(prefix, names), modules)
 
 
+def check_mergeable(model: nn.Module) -> None:
+    """ConfigError naming the first LoRA layer whose frozen weight is quantized: merging would
+    round W + BA to the quantization grid (peft re-quantizes), so it is not exact."""
+    from lavin_lightning.backbones.llama import is_quantized
+
+    layers = {id(layer) for layer in peft_layers(model)}
+    for name, layer in model.named_modules():
+        if id(layer) not in layers:
+            continue
+        weight = layer.get_base_layer().weight
+        if is_quantized(weight):
+            raise ConfigError(f"{name}: its frozen weight is quantized ({type(weight).__name__}, llm.quantization); "
+                              "merging LoRA into it would round the update to the quantization grid, so LoRA is not "
+                              "merged: it runs unmerged (base layer + B A)")
+
+
 def merge_lora(model: nn.Module) -> int:
-    """Fold every LoRA update into its frozen weight (inference); returns the layer count."""
+    """Fold every LoRA update into its frozen weight (inference); returns the layer count.
+    Refuses quantized frozen weights (`check_mergeable`) before merging any."""
+    check_mergeable(model)
     layers = [layer for layer in peft_layers(model) if not layer.merged]
     for layer in layers:
         layer.merge()

@@ -207,6 +207,11 @@ class RepAdapterRouter(AdapterModule):
             self._cached_weights = weights
         return weights
 
+    def mixing_matrix(self) -> torch.Tensor:
+        """(width, 2h + 2): both experts' dense up-projections side by side, then their biases."""
+        first, second = self.up_experts
+        return torch.cat([first.dense(), second.dense(), first.bias[:, None], second.bias[:, None]], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.routing_weights(x)
         hidden = self.dropout(self.down(x))
@@ -225,7 +230,11 @@ class RepAdapterRouter(AdapterModule):
             dense = dense.reshape(up.shape[0], groups * group_in, groups * group_out)
             mixed = torch.baddbmm(mixed_bias[:, None], hidden, dense)
         else:
-            mixed = weights[..., 0:1] * first(hidden) + weights[..., 1:2] * second(hidden)
+            # Per token: w_0 (U_0 a + u_0) + w_1 (U_1 a + u_1) = [w_0 a, w_1 a, w_0, w_1] [U_0, U_1, u_0, u_1]^T,
+            # one matmul on the h-wide code instead of two C-wide expert outputs weighed and added.
+            w = weights.expand(*hidden.shape[:-1], 2)
+            features = torch.cat([hidden * w[..., :1], hidden * w[..., 1:], w], dim=-1)
+            mixed = F.linear(features, self.mixing_matrix())
         return x.add(mixed, alpha=self.scale)
 
 

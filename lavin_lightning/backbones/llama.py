@@ -6,15 +6,18 @@ saying what to put there.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from gguf import GGUFReader, GGUFValueType
 from tokenizers import decoders, models, normalizers, pre_tokenizers
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from lavin_lightning.backbones.tiny import TINY_VOCAB_SIZE, byte_tokenizer
@@ -58,6 +61,56 @@ def resolve_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
+# What each quantization backend offers (bits) and on which devices it runs here.
+QUANT_BITS = {"torchao": (4, 8), "bitsandbytes": (4, 8)}
+BNB_QUANT_TYPES = ("nf4", "fp4")
+# The linear layers that are quantized: the projections of the decoder blocks only (not the
+# embeddings, the LM head or the norms, which are small and sensitive).
+QUANTIZED_LINEARS = re.compile(r"model\.layers\.\d+\.(?:self_attn|mlp)\.\w+_proj")
+
+
+@dataclass
+class QuantizationSpec:
+    """A quantized frozen backbone (LaVIN-lite, QLoRA-style): the decoder blocks' linear layers
+    hold their weights in `bits`-bit integers; adapters, norms, embeddings and the LM head stay
+    in floating point (adapters in fp32), and so does the optimizer state.
+
+    Args:
+        backend: "torchao" (CPU and CUDA: int8 weight-only, or int4 weight-only in groups of
+            `group_size`, whose 4-bit values torchao stores one per byte on CPU) or "bitsandbytes"
+            (CUDA only: 4-bit NF4/FP4 packed two per byte as QLoRA and LaVIN-lite, or LLM.int8).
+        bits: 4 or 8.
+        group_size: torchao 4-bit: weights per scale along the input dimension.
+        quant_type: bitsandbytes 4-bit: "nf4" (QLoRA's NormalFloat) or "fp4".
+        double_quant: bitsandbytes 4-bit: quantize the scales too (QLoRA's double quantization).
+    """
+
+    backend: str = "torchao"
+    bits: int = 8
+    group_size: int = 32
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+    def __post_init__(self):
+        if self.backend not in QUANT_BITS:
+            raise ConfigError(f"llm.quantization.backend: {self.backend!r} is not a backend; choices: "
+                              f"{sorted(QUANT_BITS)}")
+        if self.bits not in QUANT_BITS[self.backend]:
+            raise ConfigError(f"llm.quantization.bits: {self.bits!r} is not offered by {self.backend}; choices: "
+                              f"{list(QUANT_BITS[self.backend])}")
+        if self.backend == "bitsandbytes" and self.quant_type not in BNB_QUANT_TYPES:
+            raise ConfigError(f"llm.quantization.quant_type: {self.quant_type!r}; choices: {list(BNB_QUANT_TYPES)}")
+        if not (isinstance(self.group_size, int) and self.group_size > 0):
+            raise ConfigError(f"llm.quantization.group_size: {self.group_size!r}, expected a positive integer")
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. "torchao-int8", "bitsandbytes-nf4"."""
+        if self.backend == "bitsandbytes" and self.bits == 4:
+            return f"bitsandbytes-{self.quant_type}"
+        return f"{self.backend}-int{self.bits}"
+
+
 @dataclass
 class LLMSpec:
     """Where the frozen LLaMA-family language model comes from.
@@ -71,19 +124,39 @@ class LLMSpec:
         config: a named architecture (llama-7b, llama-13b, tiny) or a dict of LlamaConfig
             fields. Used when `path` is None, and by `lavin-lightning params` to build
             the model on the meta device when `path` does not exist on this machine.
-        dtype: dtype of the frozen weights (float32, bfloat16, float16).
+        dtype: dtype of the frozen weights (float32, bfloat16, float16); with `quantization`,
+            the dtype the quantized layers compute in.
+        quantization: quantize the frozen linear layers of the decoder blocks after loading
+            (`QuantizationSpec`: backend, bits, ...); None keeps them in `dtype`.
+        attention: transformers' attention kernel, "sdpa" or "eager" (the same function).
+            On a CPU, with the short sequences of the demos, eager trains about 1.5x faster:
+            SDPA's CPU flash-attention backward dominates a step there.
     """
 
     path: str | None = None
     gguf_file: str | None = None
     config: str | dict | None = None
     dtype: str = "float32"
+    quantization: QuantizationSpec | None = None
+    attention: str = "sdpa"
+
+    def __post_init__(self):
+        if self.attention not in ("sdpa", "eager"):
+            raise ConfigError(f"llm.attention must be 'sdpa' or 'eager', got {self.attention!r}")
+        if isinstance(self.quantization, dict):
+            unknown = sorted(set(self.quantization) - set(QuantizationSpec.__dataclass_fields__))
+            if unknown:
+                raise ConfigError(f"llm.quantization: unknown field(s) {unknown}; fields: "
+                                  f"{list(QuantizationSpec.__dataclass_fields__)}")
+            self.quantization = QuantizationSpec(**self.quantization)
 
     @property
     def backbone_id(self) -> str:
         if self.path:
-            return f"{self.path}/{self.gguf_file}" if self.gguf_file else self.path
-        return f"config:{self.config if isinstance(self.config, str) else 'custom'}"
+            name = f"{self.path}/{self.gguf_file}" if self.gguf_file else self.path
+        else:
+            name = f"config:{self.config if isinstance(self.config, str) else 'custom'}"
+        return f"{name} [{self.quantization.label}]" if self.quantization else name
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -193,8 +266,159 @@ def load_causal_lm(spec: LLMSpec) -> LlamaForCausalLM:
     if spec.path and torch.get_default_device().type != "meta":
         root = _require_path(spec)
         kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {"use_safetensors": True}
-        model = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=dtype, **kwargs)
+        # A GGUF file is de-quantised in float32 and cast here: asked for another dtype, transformers
+        # warns about packed-weight kernels that this plain de-quantised model never uses.
+        load_dtype = torch.float32 if spec.gguf_file else dtype
+        model = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=load_dtype,
+                                                     attn_implementation=spec.attention, **kwargs)
+        model = model.to(dtype)
     else:
-        model = LlamaForCausalLM(llama_config(spec)).to(dtype)
+        config = llama_config(spec)
+        config._attn_implementation = spec.attention
+        model = LlamaForCausalLM(config).to(dtype)
     model.requires_grad_(False)
+    if spec.quantization is not None and torch.get_default_device().type != "meta":
+        quantize_frozen_linears(model, spec.quantization)
     return model
+
+
+# -- quantization ---------------------------------------------------------------------------
+# One path for every source (HF directory, GGUF, config): load in float, then quantize the
+# decoder blocks' linears with the backend's own API. transformers refuses a quantization_config
+# together with gguf_file, and one path keeps the numerics of all three alike.
+
+
+def is_quantized(param: torch.Tensor) -> bool:
+    """Whether `param` holds quantized values (a torchao tensor subclass, a bitsandbytes
+    Params4bit/Int8Params, or any integer storage)."""
+    return type(param.data) is not torch.Tensor or not param.is_floating_point() or \
+        type(param).__module__.startswith("bitsandbytes")
+
+
+def check_quantization_runs(config: QuantizationSpec) -> None:
+    """ConfigError unless `config`'s backend is installed and runs on this machine."""
+    package = {"torchao": "torchao", "bitsandbytes": "bitsandbytes"}[config.backend]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"llm.quantization.backend: {config.backend} is not installed; `make install` installs "
+                          f"torchao (CPU and GPU); for bitsandbytes (GPU): pip install bitsandbytes")
+    if config.backend == "bitsandbytes" and not torch.cuda.is_available():
+        # bitsandbytes >= 0.48 has a CPU path, but its 4-bit CPU kernels come from the Hub at run
+        # time (`kernels`), and its fallback is slow: we support it on CUDA only.
+        raise ConfigError("llm.quantization.backend: bitsandbytes needs a CUDA GPU and none is available here; on "
+                          f"CPU use backend: torchao (bits: {config.bits}), which quantizes the same layers")
+
+
+def quantize_frozen_linears(model: nn.Module, config: QuantizationSpec) -> list[str]:
+    """Quantize the frozen linear layers of the decoder blocks of `model` in place; return their
+    names. Every quantized weight keeps `quantized_from` (its shape and the float16 sample that
+    `checkpoint.fingerprint` hashes), so a quantized backbone has the identity of the weights it
+    was made from and the record says how it was quantized (`model.quantization`)."""
+    check_quantization_runs(config)
+    targets = {name: m for name, m in model.named_modules()
+               if QUANTIZED_LINEARS.fullmatch(name) and type(m) is nn.Linear}
+    if not targets:
+        raise ConfigError(f"llm.quantization: no linear layer of {type(model).__name__} matches "
+                          f"{QUANTIZED_LINEARS.pattern!r}; nothing to quantize")
+    trainable = [name for name, m in targets.items() for p in m.parameters() if p.requires_grad]
+    if trainable:
+        raise ConfigError(f"llm.quantization: {trainable[:3]} are trainable; only frozen weights are quantized")
+    sources = {name: _source_identity(m.weight) for name, m in targets.items()}
+    if config.backend == "torchao":
+        _quantize_torchao(model, targets, config)
+    else:
+        _quantize_bitsandbytes(model, targets, config)
+    for name, source in sources.items():
+        model.get_submodule(name).weight.quantized_from = source
+    model.requires_grad_(False)
+    model.quantization = asdict(config)
+    return list(targets)
+
+
+def _source_identity(weight: torch.Tensor) -> tuple[tuple[int, ...], torch.Tensor]:
+    flat = weight.detach().flatten()
+    return tuple(weight.shape), torch.cat([flat[:4], flat[-4:]]).to("cpu", torch.float16)
+
+
+def _quantize_torchao(model: nn.Module, targets: dict[str, nn.Module], config: QuantizationSpec) -> None:
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    if config.bits == 8:
+        ao_config = Int8WeightOnlyConfig()  # per output channel, symmetric
+    else:
+        uneven = [f"{name} ({m.in_features} inputs)" for name, m in targets.items()
+                  if m.in_features % config.group_size]
+        if uneven:
+            raise ConfigError(f"llm.quantization.group_size: {config.group_size} does not divide the inputs of "
+                              f"{uneven[:3]}")
+        # The int4 layout that runs on CPU and CUDA alike (torchao's packed int4 layouts need CUDA kernels).
+        ao_config = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(config.group_size))
+    quantize_(model, ao_config, filter_fn=lambda module, fqn: fqn in targets)
+    for linear in targets.values():
+        recompute_weight_in_backward(linear)
+
+
+# torchao's weight-only linear dequantizes inside autograd, which then keeps a float copy of every
+# quantized weight for backward: a training step over the quantized backbone would peak above the
+# float model's. A frozen linear needs only grad_x = grad_y @ W, so its forward runs torchao's
+# kernel without recording anything and its backward dequantizes W again (as bitsandbytes does).
+
+
+class _FrozenQuantizedLinear(torch.autograd.Function):
+    """y = linear(x, W, b) with W quantized and frozen; saves nothing for backward but a
+    reference to W (already held by the module), and recomputes W's floats in backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.weight = weight  # not save_for_backward: saved-tensor hooks (offloading) must not copy it
+        ctx.x_dtype = x.dtype
+        ctx.has_bias = bias is not None
+        return nn.functional.linear(x, weight, bias)  # autograd is off in here: torchao's kernel, no graph
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        grad_x = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y.matmul(ctx.weight.dequantize().to(grad_y.dtype)).to(ctx.x_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:  # a bias someone trains (BitFit-style)
+            grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+        return grad_x, None, grad_b
+
+
+def _recomputing_forward(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    weight, bias = linear.weight, linear.bias
+    if torch.is_grad_enabled() and not weight.requires_grad and \
+            (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return _FrozenQuantizedLinear.apply(x, weight, bias)
+    return nn.functional.linear(x, weight, bias)  # no_grad / inference / nothing to differentiate: as is
+
+
+def recompute_weight_in_backward(linear: nn.Linear) -> None:
+    """Make the torchao-quantized frozen `linear` recompute its float weight in backward instead
+    of keeping it from forward. It stays an nn.Linear with the same parameters (what adapter
+    injection, state dicts and the fingerprint see): only its instance's `forward` is replaced, by
+    a partial over the module (as torchao sets its `extra_repr`). Under no_grad and inference
+    it is torchao's plain quantized linear."""
+    linear.forward = functools.partial(_recomputing_forward, linear)
+
+
+def _quantize_bitsandbytes(model: nn.Module, targets: dict[str, nn.Module], config: QuantizationSpec) -> None:
+    import bitsandbytes as bnb
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    for name, linear in targets.items():
+        weight = linear.weight.detach()
+        if config.bits == 4:
+            layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                      compute_dtype=weight.dtype, compress_statistics=config.double_quant,
+                                      quant_type=config.quant_type, device="meta")
+            layer.weight = bnb.nn.Params4bit(weight.cpu(), requires_grad=False, compress_statistics=config.double_quant,
+                                             quant_type=config.quant_type)
+        else:
+            layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                                        has_fp16_weights=False, threshold=0.0, device="meta")
+            layer.weight = bnb.nn.Int8Params(weight.cpu(), requires_grad=False, has_fp16_weights=False)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.to(device))  # bitsandbytes quantizes on the move

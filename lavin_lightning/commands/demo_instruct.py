@@ -1,8 +1,9 @@
 """Text instruction tuning on the embedded default: SmolLM2-135M-Instruct + Excitor, LLaMA-Adapter or LoRA.
 
-    lavin-lightning demo instruct [--method excitor|llama_adapter|lora] [--steps 120] [--out runs/demo-instruct]
+    lavin-lightning demo instruct [--method excitor|llama_adapter|lora] [--steps N] [--out runs/demo-instruct-<method>]
 
-The method's settings are those of experiments/tiny/<method>_tiny.yaml (on SmolLM2).
+The model and data settings are those of experiments/demo/instruct_<method>.yaml (the method of
+experiments/tiny/<method>_tiny.yaml on SmolLM2); the options below override them.
 
 1. writes the offline instruction set (`lavin-lightning prepare instructions`): tasks with
    answers that can be checked exactly (sums, capital letters, sorting, reversing, counting);
@@ -27,33 +28,48 @@ from data_modules.prepare.instructions import score_responses, write_instruction
 from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.callbacks.predictions import WritePredictions
 from lavin_lightning.checkpoint import save_adapter
-from lavin_lightning.commands.demo import embedded_module, report_written, tiny_methods, trainer, wandb_logger
+from lavin_lightning.commands.demo import (
+    add_cpu_options,
+    apply_cpu_options,
+    demo_config,
+    demo_methods,
+    demo_module,
+    report_written,
+    trainer,
+    wandb_logger,
+)
 from lavin_lightning.io import atomic_write, read_json, write_json
-from lavin_lightning.models.causal_lm import CausalLMModule
 
 
-def respond(module, prompts: Path, out: Path, logger) -> dict[str, str]:
+def respond(module, prompts: Path, out: Path, logger, config: dict) -> dict[str, str]:
     """Greedy responses to the prompt file through `lavin-lightning predict`'s own path."""
     module.eval()
     writer = WritePredictions(output_dir=str(out))
-    predicting = trainer(out, logger, callbacks=[writer], enable_progress_bar=False)
-    predicting.predict(module, datamodule=PromptsDataModule(str(prompts), template="alpaca", eval_batch_size=25,
-                                                            tokenizer=module.tokenizer))
+    predicting = trainer(out, logger, callbacks=[writer], config=config, enable_progress_bar=False)
+    prompts_data = PromptsDataModule(str(prompts), template=config["data"]["init_args"]["template"],
+                                     eval_batch_size=25, tokenizer=module.tokenizer)
+    predicting.predict(module, datamodule=prompts_data)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     return {row["id"]: row["response"].strip() for row in rows}
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="lavin-lightning demo instruct", description=__doc__.splitlines()[0])
-    ap.add_argument("--method", choices=tiny_methods(CausalLMModule, "AlpacaDataModule"), default="excitor",
-                    help="a method with a tiny config on Alpaca data (experiments/tiny/<method>_tiny.yaml)")
+    ap.add_argument("--method", choices=demo_methods("instruct"), default="excitor",
+                    help="a method with a demo config (experiments/demo/instruct_<method>.yaml)")
     ap.add_argument("--out", default=None, help="output directory (default runs/demo-instruct-<method>)")
-    ap.add_argument("--steps", type=int, default=120, help="optimizer steps")
-    ap.add_argument("--batch-size", type=int, default=8, help="global batch size")
-    ap.add_argument("--lr", type=float, default=None, help="absolute learning rate (default: the tiny config's)")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's)")
+    ap.add_argument("--batch-size", type=int, default=None, help="global batch size (default: the config's)")
+    ap.add_argument("--lr", type=float, default=None, help="absolute learning rate (default: the config's)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="(default: the config's)")
     ap.add_argument("--seed", type=int, default=0)
+    add_cpu_options(ap)
     args = ap.parse_args(argv)
+    config = demo_config(f"instruct_{args.method}")
+    data_args = config["data"]["init_args"]
+    args.steps = args.steps or config["trainer"]["max_steps"]
+    args.batch_size = args.batch_size or data_args["global_batch_size"]
+    apply_cpu_options(args)
     started = time.time()
     out = Path(args.out or f"runs/demo-instruct-{args.method}")
     L.seed_everything(args.seed, verbose=False)
@@ -63,11 +79,14 @@ def main(argv: list[str] | None = None) -> dict:
     answers = read_json(data / "held_out_answers.json", "the held-out answers")
     print(f"data: {sizes['train']} training instructions, {sizes['held_out']} held out, in {data}")
 
-    overrides = {"generation": {"max_new_tokens": args.max_new_tokens, "temperature": 0.0}}
+    overrides = {}
+    if args.max_new_tokens is not None:
+        overrides["generation"] = {"max_new_tokens": args.max_new_tokens}
     if args.lr is not None:
         overrides["optim"] = {"lr": args.lr}
-    module = embedded_module(args.method, **overrides)
-    print("loading SmolLM2-135M-Instruct (GGUF, de-quantised to float32) ...")
+    module = demo_module(config, **overrides)
+    print("loading SmolLM2-135M-Instruct (GGUF, de-quantised, held in "
+          f"{config['model']['init_args']['llm']['dtype']}) ...")
     module.configure_model()
     counts = module.parameter_counts()
     print(f"{args.method}: {counts['trainable']:,} trainable of {counts['total']:,} parameters")
@@ -75,16 +94,23 @@ def main(argv: list[str] | None = None) -> dict:
                           trainable_params=counts["trainable"], steps=args.steps, lr=module.optim.lr,
                           global_batch_size=args.batch_size)
 
+    seconds = {"loading": round(time.time() - started, 1)}
+    phase_started = time.time()
     with adapters_disabled(module.model):
-        before = respond(module, data / "held_out.jsonl", out / "before", logger)
-    fitting = trainer(out, logger, max_steps=args.steps, max_epochs=-1, log_every_n_steps=10,
-                      callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
+        before = respond(module, data / "held_out.jsonl", out / "before", logger, config)
+    seconds["before"] = round(time.time() - phase_started, 1)
+    phase_started = time.time()
+    fitting = trainer(out, logger, config=config, max_steps=args.steps, max_epochs=-1,
+                      log_every_n_steps=10, callbacks=[L.pytorch.callbacks.LearningRateMonitor()])
     print(f"training {args.steps} steps of {args.batch_size} instructions ...")
     module.train()
-    fitting.fit(module, datamodule=AlpacaDataModule(str(data / "train.json"), template="alpaca",
-                                                    global_batch_size=args.batch_size, max_seq_len=256,
+    fitting.fit(module, datamodule=AlpacaDataModule(**{**data_args, "path": str(data / "train.json"),
+                                                       "global_batch_size": args.batch_size},
                                                     tokenizer=module.tokenizer))
-    after = respond(module, data / "held_out.jsonl", out / "after", logger)
+    seconds["training"] = round(time.time() - phase_started, 1)
+    phase_started = time.time()
+    after = respond(module, data / "held_out.jsonl", out / "after", logger, config)
+    seconds["after"] = round(time.time() - phase_started, 1)
     save_adapter(module, out / "adapter")
 
     scores = {"before": score_responses(before, answers), "after": score_responses(after, answers)}
@@ -94,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     atomic_write(out / "responses.jsonl", lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
     metrics = {"method": args.method, **scores, "trainable_params": counts["trainable"], "settings": vars(args),
-               "seconds": round(time.time() - started, 1)}
+               "phase_seconds": seconds, "seconds": round(time.time() - started, 1)}
     write_json(out / "metrics.json", metrics)
 
     families = list(scores["after"]["per_family"])
@@ -108,5 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
         if row["family"] not in seen:
             seen.add(row["family"])
             print(f"  {row['expected']!r:<22} | {row['before']!r} -> {row['after']!r}")
+    print("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     report_written(out, [out / "metrics.json", out / "responses.jsonl", out / "adapter"], metrics["seconds"])
     return metrics

@@ -15,6 +15,10 @@
   number generators. Loading one checks the record as loading an export does, that the keys are
   exactly the trainable set and that the module's settings are the checkpoint's; resuming `fit`
   then continues the random streams where the checkpoint left them.
+* `activation_checkpointing` makes every repeated block of the backbones (LLaMA decoder layers,
+  CLIP / InstructBLIP ViT and Q-Former layers, T5 blocks, timm ViT blocks) keep only its input in
+  training and recompute the rest in backward (`set_activation_checkpointing`): the adapters'
+  gradients are exactly the same, at the cost of one more forward pass per block.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ import contextlib
 import logging
 import math
 import re
+from collections import Counter
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -30,6 +37,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 from lavin_lightning.adapters.core import Injection, mark_only_adapters_trainable
 from lavin_lightning.errors import CheckpointError, ConfigError
@@ -93,6 +101,89 @@ def _regex(pattern: str, field: str) -> re.Pattern:
         raise ConfigError(f"{field}: {pattern!r} is not a regular expression ({err})") from None
 
 
+# Context managers that hold per-batch state on modules for one forward (`held_for_forward`),
+# entered again around every recomputation of a checkpointed block that ran inside them.
+_HELD: ContextVar[tuple[Callable[[], contextlib.AbstractContextManager], ...]] = ContextVar("held", default=())
+
+
+@contextlib.contextmanager
+def held_for_forward(enter: Callable[[], contextlib.AbstractContextManager]):
+    """Enter `enter()`, a context manager that sets per-batch state on modules for one forward (where
+    a seam has no keyword path), so that activation checkpointing can set it again, with the same
+    tensors, when backward recomputes a block that read it."""
+    token = _HELD.set(_HELD.get() + (enter,))
+    try:
+        with enter():
+            yield
+    finally:
+        _HELD.reset(token)
+
+
+def _checkpoint(function, *args, **kwargs):
+    held = _HELD.get()  # at forward time; the recomputation runs later, in backward
+
+    @contextlib.contextmanager
+    def replay():
+        with contextlib.ExitStack() as stack:
+            for enter in held:
+                stack.enter_context(enter())
+            yield
+
+    def contexts():  # (around the forward, around the recomputation)
+        return contextlib.nullcontext(), replay()
+
+    return checkpoint(function, *args, use_reentrant=False, context_fn=contexts if held else noop_context_fn,
+                      **kwargs)
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> dict[str, int]:
+    """Make every repeated block of the backbones in `model` recompute its activations in backward
+    (non-reentrant `torch.utils.checkpoint`) or, `enabled=False`, store them again; idempotent.
+    Returns the number of blocks switched, by class.
+
+    A block is checkpointed whole, adapters inside it included, so gradients are exact (dropout
+    draws are replayed, and so is per-batch state held with `held_for_forward`). transformers'
+    blocks (`GradientCheckpointingLayer`: LLaMA, CLIP, InstructBLIP, T5) do it only in training
+    mode with autograd recording, around `forward`, so module hooks (FSDP2's) stay outside; timm's
+    ViT does it whenever autograd records, which validation, test and generation (no_grad) never do.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    switched: Counter[str] = Counter()
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            # The switch that transformers' own `activation_checkpointing_enable` sets, per block:
+            # that method would also make the input embeddings require grad, which
+            # non-reentrant checkpointing does not need and which would cost memory.
+            module.gradient_checkpointing = enabled
+            module._gradient_checkpointing_func = _checkpoint
+            switched[type(module).__name__] += 1
+        elif type(module).__module__.startswith("timm.") and callable(getattr(module, "set_grad_checkpointing", None)) \
+                and isinstance(getattr(module, "blocks", None), nn.Sequential):
+            from timm.layers import use_reentrant_ckpt
+
+            if enabled and use_reentrant_ckpt():
+                # Reentrant checkpoints of a frozen tower pass no gradient to adapters inside it.
+                raise ConfigError("activation_checkpointing: timm is set to reentrant checkpoints "
+                                  "(TIMM_REENTRANT_CKPT); unset it, adapters in the ViT would get no gradient")
+            module.set_grad_checkpointing(enabled)
+            switched[f"{type(module).__name__}.blocks"] += len(module.blocks)
+    return dict(switched)
+
+
+def _refuse_training_quantized(trained) -> None:
+    """Full / head tuning of quantized frozen weights (llm.quantization) has no gradient to take."""
+    from lavin_lightning.backbones.llama import is_quantized
+
+    for part in trained:
+        named = [("", part)] if isinstance(part, nn.Parameter) else list(part.named_parameters())
+        quantized = [name for name, p in named if is_quantized(p)]
+        if quantized:
+            raise ConfigError(f"this method trains backbone weights as a whole, and {quantized[:3]} of "
+                              f"{type(part).__name__} are quantized: quantized weights stay frozen. Drop "
+                              "llm.quantization for full or head tuning, or train adapters over the quantized backbone")
+
+
 class PEFTModule(L.LightningModule):
     """Base LightningModule of a frozen backbone with injected adapters.
 
@@ -107,17 +198,23 @@ class PEFTModule(L.LightningModule):
             scales with; `lavin-lightning` fills it in from the data module's global batch.
         allow_backbone_mismatch: load `adapter_path` although it was trained on a backbone of the
             same architecture with other weights (a fine-tuned or re-quantised copy).
+        activation_checkpointing: in training, keep only each backbone block's input and recompute
+            its activations in backward (`set_activation_checkpointing`): much less memory for
+            activations, one more forward pass per step; the same gradients, so not part of the
+            settings a checkpoint or export records or is checked against.
     """
 
     method: str = "peft"
 
     def __init__(self, optim: OptimConfig | None = None, adapter_path: str | None = None,
-                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False):
+                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False,
+                 activation_checkpointing: bool = False):
         super().__init__()
         self.optim = optim or OptimConfig()
         self.adapter_path = adapter_path
         self.global_batch_size = global_batch_size
         self.allow_backbone_mismatch = allow_backbone_mismatch
+        self.activation_checkpointing = activation_checkpointing
         self.adapter = None  # the method's settings (a dataclass), set by subclasses
         self.model: nn.Module | None = None
         self.injection: Injection | None = None
@@ -153,14 +250,29 @@ class PEFTModule(L.LightningModule):
             return
         model = self.build_model()
         self.injection = self.inject(model)
+        _refuse_training_quantized(self.injection.trained)
         self.model = model
         trainable = mark_only_adapters_trainable(self.model, self.injection.trained)
         self._trainable = {f"model.{k}": p for k, p in trainable.items()}
         self._fingerprints = self._fingerprint_backbones()
+        if self.activation_checkpointing:
+            self.enable_activation_checkpointing()
         if self.adapter_path:
             from lavin_lightning.checkpoint import load_adapter
 
             load_adapter(self, self.adapter_path, allow_backbone_mismatch=self.allow_backbone_mismatch)
+
+    def enable_activation_checkpointing(self) -> None:
+        """Turn `activation_checkpointing` on (now, or when `configure_model` builds the model); the
+        FSDP strategy's option of that name calls this too."""
+        self.activation_checkpointing = True
+        if self.model is None:
+            return
+        switched = set_activation_checkpointing(self.model)
+        if not switched:
+            raise ConfigError(f"activation_checkpointing: {type(self).__name__} has no block that can be "
+                              "checkpointed (transformers' GradientCheckpointingLayer, timm's ViT blocks)")
+        log.info("activation checkpointing: %s", ", ".join(f"{n} x {c}" for c, n in sorted(switched.items())))
 
     @property
     def trainable_names(self) -> set[str]:
@@ -366,9 +478,9 @@ class PEFTModule(L.LightningModule):
             )
         fitting = trainer is not None and trainer.state.fn == "fit"
         # What a step does with a NaN/inf is not part of the run: resuming a diverged run with
-        # `skip` is what that option is for.
+        # `skip` is what that option is for. Activation checkpointing changes memory, not results.
         conflicts = [line for line in settings_diff(checkpoint.get("hyper_parameters", {}), self.hparams)
-                     if not line.startswith("optim.on_nonfinite:")]
+                     if not line.startswith(("optim.on_nonfinite:", "activation_checkpointing:"))]
         if conflicts and fitting:
             raise CheckpointError(
                 f"resuming from the {source} with other settings than it was trained with:\n  "

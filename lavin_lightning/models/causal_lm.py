@@ -452,14 +452,18 @@ class CausalLMModule(PEFTModule):
             (filled in from the data module by `lavin-lightning`).
         allow_backbone_mismatch: load `adapter_path` although it was trained on other frozen
             weights of the same architecture (its fingerprint differs).
+        activation_checkpointing: recompute the backbones' block activations in backward
+            (`PEFTModule`'s; less memory, one more forward pass, the same gradients).
     """
 
     model_class: type[AdaptedCausalLM] = AdaptedCausalLM
 
     def __init__(self, llm: LLMSpec, vision: VisionSpec | None = None, optim: OptimConfig | None = None,
                  generation: GenerationConfig | None = None, adapter_path: str | None = None,
-                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False):
-        super().__init__(optim, adapter_path, global_batch_size, allow_backbone_mismatch)
+                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False,
+                 activation_checkpointing: bool = False):
+        super().__init__(optim, adapter_path, global_batch_size, allow_backbone_mismatch,
+                         activation_checkpointing)
         self.llm_spec = llm
         self.vision_spec = vision
         self.generation = generation or GenerationConfig()

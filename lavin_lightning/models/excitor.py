@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -11,6 +12,7 @@ from lavin_lightning.adapters.core import Injection
 from lavin_lightning.adapters.excitor import ExcitorBlock, ExcitorConfig
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.backbones.vision import VisionSpec
+from lavin_lightning.models.base import held_for_forward
 from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule
 
 
@@ -26,7 +28,8 @@ class ExcitorModel(AdaptedCausalLM):
         features = self.vision.token_features(pixels)
         tokens = features.new_zeros(has_image.shape[0], *features.shape[1:])
         tokens[has_image] = features
-        return excitor.image_tokens(self.llm, tokens, has_image)
+        # Held so that activation checkpointing's recomputation in backward sees them too.
+        return held_for_forward(functools.partial(excitor.image_tokens, self.llm, tokens, has_image))
 
 
 class Excitor(CausalLMModule):

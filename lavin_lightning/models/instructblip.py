@@ -195,14 +195,18 @@ class InstructBLIPModule(PEFTModule):
             (filled in from the data module by `lavin-lightning`).
         allow_backbone_mismatch: load `adapter_path` although it was trained on other frozen
             weights of the same architecture (its fingerprint differs).
+        activation_checkpointing: recompute the backbones' block activations in backward
+            (`PEFTModule`'s; less memory, one more forward pass, the same gradients).
     """
 
     model_class: type[AdaptedInstructBLIP] = AdaptedInstructBLIP
 
     def __init__(self, backbone: InstructBLIPSpec, optim: OptimConfig | None = None,
                  generation: BeamSearchConfig | None = None, adapter_path: str | None = None,
-                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False):
-        super().__init__(optim, adapter_path, global_batch_size, allow_backbone_mismatch)
+                 global_batch_size: int | None = None, allow_backbone_mismatch: bool = False,
+                 activation_checkpointing: bool = False):
+        super().__init__(optim, adapter_path, global_batch_size, allow_backbone_mismatch,
+                         activation_checkpointing)
         self.backbone_spec = backbone
         self.generation = generation or BeamSearchConfig()
         self._tokenizers = None

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from lavin_lightning.adapters import lora
 from lavin_lightning.adapters.core import Injection
-from lavin_lightning.adapters.lora import LoRAConfig, merge_lora, unmerge_lora
+from lavin_lightning.adapters.lora import LoRAConfig, check_mergeable, merge_lora, unmerge_lora
 from lavin_lightning.backbones.llama import LLMSpec
+from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule
+
+log = logging.getLogger(__name__)
 
 
 class LoRA(CausalLMModule):
@@ -19,7 +23,9 @@ class LoRA(CausalLMModule):
         llm: the frozen language model (LLaMA family).
         adapter: rank, alpha, dropout and target modules.
         merge_for_inference: fold the updates into the frozen weights for predict (and
-            chat), so decoding costs what the backbone costs; unmerged afterwards.
+            chat), so decoding costs what the backbone costs; unmerged afterwards. Over a
+            quantized backbone (llm.quantization) nothing merges exactly: LoRA then runs
+            unmerged, with a warning.
         **kwargs: `CausalLMModule`'s (optim, generation, adapter_path, global_batch_size).
     """
 
@@ -38,6 +44,12 @@ class LoRA(CausalLMModule):
     @contextlib.contextmanager
     def inference(self) -> Iterator[None]:
         if not self.merge_for_inference:
+            yield
+            return
+        try:
+            check_mergeable(self.model)
+        except ConfigError as err:  # quantized frozen weights: a merge would not be exact
+            log.warning("LoRA not merged for inference, decoding with the updates unmerged: %s", err)
             yield
             return
         merge_lora(self.model)

@@ -300,6 +300,33 @@ def test_cached_generation_equals_uncached(name):
                                                                                          use_cache=False)
 
 
+@pytest.mark.parametrize("name", [name for name, row in ROWS.items() if row.causal])
+def test_eager_attention_computes_what_sdpa_does(name):
+    """`llm.attention: eager` (the CPU demos' kernel) is the same function as SDPA, adapters included:
+    the same log-likelihoods, the same adapter gradients and the same greedy tokens."""
+    from dataclasses import replace
+
+    row = ROWS[name]
+    results = []
+    for attention in ("sdpa", "eager"):
+        module = Row(row.method, row.kwargs, replace(row.backbone, attention=attention)).build()
+        config = module.model.llm.config  # a method with its own attention function records the kernel it calls
+        assert getattr(config, "base_attn_implementation", config._attn_implementation) == attention
+        randomise(module)
+        batch = batch_for(module)
+        logprobs = outputs(module.model, batch)
+        module.train()
+        module.training_losses(batch)["loss"].backward()
+        grads = [p.grad.clone() for p in module._trainable.values()]
+        module.eval()
+        results.append((logprobs, grads, module.generate_text(batch_for(module, labelled=False))))
+    (sdpa, sdpa_grads, sdpa_text), (eager, eager_grads, eager_text) = results
+    torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-5)
+    for a, b in zip(eager_grads, sdpa_grads):  # float32 summation order differs between the kernels
+        assert (a - b).norm() <= 1e-4 * b.norm() + 1e-8
+    assert eager_text == sdpa_text
+
+
 @rows
 def test_loss_regression(name):
     losses = train(ROWS[name].build())
