@@ -39,6 +39,7 @@ import random
 import time
 from pathlib import Path
 
+from data_modules.prepare.captions import _CAPTION_TEMPLATES
 from data_modules.prepare.easy_vqa import (
     MANIFEST_NAME,
     _build_once,
@@ -67,15 +68,8 @@ DEFAULT_SETTINGS = {
     "keep_patches": 16,  # of the 64 patches per image in training, the shape's first (FLIP-style masking)
     "seed": 0,
 }
-# Every one is true of every easy-VQA picture: one shape on a light, plain background.
-_TEMPLATES = (
-    "A {color} {shape}.",
-    "There is a {color} {shape} on a light background.",
-    "A picture of a {color} {shape}.",
-    "A simple drawing of one {color} {shape}.",
-    "The image shows a single {color} {shape}.",
-    "A {color} {shape} drawn on a plain background.",
-)
+# The first six wordings of the caption data set's references (each true of every easy-VQA picture).
+_TEMPLATES = _CAPTION_TEMPLATES[:6]
 _PROBE_STEPS = 100
 # The probe is fitted on this many training images (the first by id) and scored on every test image.
 _PROBE_TRAIN_IMAGES = 1000

@@ -44,12 +44,17 @@ EMBEDDED = {
 }
 
 
+def _config_file(path: Path, missing: str) -> dict:
+    """The config file `path` with the configs it extends; ConfigError `missing` when it is absent."""
+    if not path.is_file():
+        raise ConfigError(f"{missing}; the demos run from a checkout")
+    return load_configs([str(p) for p in config_stack(path)])
+
+
 def tiny_config(method: str) -> dict:
     """`experiments/tiny/<method>_tiny.yaml` with the configs it extends."""
     path = TINY / f"{method}_tiny.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no tiny config {path} for method {method!r}; the demos run from a checkout")
-    return load_configs([str(p) for p in config_stack(path)])
+    return _config_file(path, f"no tiny config {path} for method {method!r}")
 
 
 def tiny_methods(family: type[PEFTModule], data_class: str | None = None) -> list[str]:
@@ -73,15 +78,13 @@ def embedded_module(method: str, backbones: dict | None = None, **settings) -> P
     init_args = model.get("init_args", {})
     chosen = backbones or EMBEDDED
     backbones = {key: chosen[key] for key in chosen if init_args.get(key) is not None}  # replaced whole
-    return build_module({"model": {**model, "init_args": merge({**init_args, **backbones}, settings)}})
+    return demo_module({"model": {**model, "init_args": {**init_args, **backbones}}}, **settings)
 
 
 def demo_config(name: str) -> dict:
     """`experiments/demo/<name>.yaml` with the configs it extends."""
     path = DEMO_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"no demo config {path}; the demos run from a checkout")
-    return load_configs([str(p) for p in config_stack(path)])
+    return _config_file(path, f"no demo config {path}")
 
 
 def demo_methods(demo: str) -> list[str]:

@@ -164,8 +164,12 @@ def _field_name(key: str | int, name: str | None) -> str:
     return name or f"field {key!r}"
 
 
-def _missing(record: dict, key: str, name: str) -> BadRecord:
-    return BadRecord("missing_field", f"{name} is missing" if key not in record else f"{name} is null")
+def _present(record: dict, key: str, name: str, required: bool = True) -> Any:
+    """``record[key]``; None when it is absent or null and not ``required``, else a named error."""
+    value = record.get(key)
+    if value is None and required:
+        raise BadRecord("missing_field", f"{name} is missing" if key not in record else f"{name} is null")
+    return value
 
 
 def object_record(value: Any, name: str = "the record") -> dict:
@@ -179,10 +183,8 @@ def text_field(record: dict, key: str, required: bool = True, name: str | None =
     """A string field. A required one must be there and (unless ``blank``) hold more than white
     space; an optional one that is absent or null is ``""``."""
     name = _field_name(key, name)
-    value = record.get(key)
+    value = _present(record, key, name, required)
     if value is None:
-        if required:
-            raise _missing(record, key, name)
         return ""
     if not isinstance(value, str):
         raise BadRecord("not_a_string", f"{name} is {describe(value)}, expected a string")
@@ -198,10 +200,8 @@ def text_list_field(
     """A list of non-blank strings, ``min_items`` to ``max_items`` long; None when optional and absent."""
     items = name or str(key)  # items are named as in "choices[2]"
     name = _field_name(key, name)
-    value = record.get(key)
+    value = _present(record, key, name, required)
     if value is None:
-        if required:
-            raise _missing(record, key, name)
         return None
     if not isinstance(value, list):
         raise BadRecord("not_a_list", f"{name} is {describe(value)}, expected a list of strings")
@@ -222,10 +222,8 @@ def int_field(
 ) -> int | None:
     """An integer (not a bool) with ``low <= value < below`` where given; None when optional and absent."""
     name = _field_name(key, name)
-    value = record.get(key)
+    value = _present(record, key, name, required)
     if value is None:
-        if required:
-            raise _missing(record, key, name)
         return None
     if not is_int(value):
         raise BadRecord("not_an_int", f"{name} is {describe(value)}, expected an integer")
@@ -238,10 +236,8 @@ def int_field(
 def bool_field(record: dict, key: str, required: bool = True, name: str | None = None) -> bool | None:
     """true or false; None when optional and absent."""
     name = _field_name(key, name)
-    value = record.get(key)
+    value = _present(record, key, name, required)
     if value is None:
-        if required:
-            raise _missing(record, key, name)
         return None
     if not isinstance(value, bool):
         raise BadRecord("not_a_bool", f"{name} is {describe(value)}, expected true or false")
@@ -251,9 +247,7 @@ def bool_field(record: dict, key: str, required: bool = True, name: str | None =
 def id_field(record: dict, key: str, name: str | None = None) -> int | str:
     """A record id: an integer or a non-blank string."""
     name = _field_name(key, name)
-    value = record.get(key)
-    if value is None:
-        raise _missing(record, key, name)
+    value = _present(record, key, name)
     if not is_id(value):
         raise BadRecord("bad_id", f"{name} is {describe(value)}, expected an integer or a non-empty string")
     return value
