@@ -71,6 +71,9 @@ class MMAConfig:
             (see docs/faithfulness.md). A choice of evaluation: an adapter trained with
             one loads with the other.
         neck_dim: hidden width of the visual neck (128).
+        neck_input_norm: normalise each [CLS] feature (a layer norm without parameters) before
+            the neck. Off in the paper and the release, which feed the ViT's raw residual
+            stream; the demo's small ViT turns it on (see docs/faithfulness.md).
         modality_token: prepend the hidden modality token (position 0) that the LLM
             routers read; without it the routers read the first real token.
     """
@@ -85,6 +88,7 @@ class MMAConfig:
     vision_adapter: Literal["router", "repadapter", "none"] = "router"
     vision_routing: Literal["token", "release"] = "token"
     neck_dim: int = 128
+    neck_input_norm: bool = False
     modality_token: bool = True
 
     # Settings an exported adapter may be evaluated with otherwise (checkpoint.check_meta).
@@ -394,10 +398,12 @@ def modality_rows(folding: Folding | None, has_image: torch.Tensor) -> Iterator[
 
 
 class VisualNeck(AdapterModule):
-    """X' = W_u silu(W_d X + b_d) + b_u: visual features to LLM width (release: SiLU)."""
+    """X' = W_u silu(W_d X + b_d) + b_u: visual features to LLM width (release: SiLU); with
+    `input_norm`, X is first layer-normed without parameters (MMAConfig.neck_input_norm)."""
 
-    def __init__(self, in_width: int, out_width: int, hidden: int = 128):
+    def __init__(self, in_width: int, out_width: int, hidden: int = 128, input_norm: bool = False):
         super().__init__()
+        self.input_norm = input_norm
         self.down = nn.Linear(in_width, hidden)
         self.up = nn.Linear(hidden, out_width)
         if self.down.weight.device.type != "meta":
@@ -406,6 +412,8 @@ class VisualNeck(AdapterModule):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm:
+            x = F.layer_norm(x, x.shape[-1:])
         return self.up(F.silu(self.down(x)))
 
 
@@ -450,7 +458,7 @@ def inject(model: nn.Module, config: MMAConfig) -> Injection:
         modules += wrap_norms(vision, vision_norms, lambda width: make_vision_adapter(config, width))
     width = llm.config.hidden_size
     if vision is not None:
-        modules.append(attach(model, "neck", VisualNeck(vision.width, width, config.neck_dim)))
+        modules.append(attach(model, "neck", VisualNeck(vision.width, width, config.neck_dim, config.neck_input_norm)))
     if config.modality_token:
         modules.append(attach(model, "modality", ModalityEmbedding(width)))
     return Injection(prefixed("llm", llm_norms) + prefixed("vision", vision_norms), modules)

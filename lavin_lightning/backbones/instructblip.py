@@ -106,7 +106,8 @@ class InstructBLIPSpec:
         qformer_init: a BERT directory (config.json + model.safetensors) whose embeddings, self-attention
             and FFN weights start a config-built Q-Former (both its query and text FFNs), cross-attention
             staying random: how BLIP-2 starts its Q-Former from BERT-base. Shapes must match.
-        dtype: dtype of the frozen weights (float32, bfloat16, float16).
+        dtype: dtype of the frozen weights (float32, bfloat16, float16); a replacing
+            `language_model` is held in its own `language_model.dtype`.
     """
 
     path: str | None = None
@@ -180,11 +181,13 @@ def load_instructblip(spec: InstructBLIPSpec) -> InstructBlipForConditionalGener
             # identical queries would stay identical through every layer. BLIP-2 starts them N(0, 0.02).
             with torch.no_grad():
                 model.query_tokens.normal_(std=config.qformer_config.initializer_range)
-        if spec.language_model is not None and not counting:
-            model.language_model = load_causal_lm(spec.language_model)
         if spec.qformer_init is not None and not counting:
             init_qformer_from_bert(model.qformer, spec.qformer_init)
         model = model.to(dtype)
+        if spec.language_model is not None and not counting:
+            # After the cast: the replacing LM keeps its own `language_model.dtype` (a bf16 LM
+            # under an fp32 Q-Former trains the Q-Former's adapters in fp32 without autocast).
+            model.language_model = load_causal_lm(spec.language_model)
     model.requires_grad_(False)
     return model
 

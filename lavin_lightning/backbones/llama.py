@@ -7,6 +7,7 @@ saying what to put there.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import json
 import re
@@ -15,13 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from gguf import GGUFReader, GGUFValueType
+from safetensors.torch import save_file
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
 from lavin_lightning.backbones.tiny import TINY_VOCAB_SIZE, byte_tokenizer
 from lavin_lightning.errors import ConfigError
+from lavin_lightning.io import write_directory
 
 # Exact architectures of the papers' language models (Meta's LLaMA-1 releases).
 NAMED_LLM_CONFIGS: dict[str, dict[str, Any]] = {
@@ -131,6 +135,12 @@ class LLMSpec:
         attention: transformers' attention kernel, "sdpa" or "eager" (the same function).
             On a CPU, with the short sequences of the demos, eager trains about 1.5x faster:
             SDPA's CPU flash-attention backward dominates a step there.
+        gguf_cache: a directory where `gguf_file`'s de-quantised weights and config are kept as a
+            Hugging Face directory (float32 safetensors), written on the first load and read on the
+            next ones: reading a GGUF file takes transformers about 20 s even for SmolLM2-135M
+            (it parses the 49k-entry vocabulary twice), the converted directory well under one.
+            Keyed by the GGUF file's SHA-256 and the transformers version. None: read the GGUF
+            file every time.
     """
 
     path: str | None = None
@@ -139,6 +149,7 @@ class LLMSpec:
     dtype: str = "float32"
     quantization: QuantizationSpec | None = None
     attention: str = "sdpa"
+    gguf_cache: str | None = None
 
     def __post_init__(self):
         if self.attention not in ("sdpa", "eager"):
@@ -171,6 +182,9 @@ def llama_config(spec: LLMSpec) -> LlamaConfig:
     if spec.path and resolve_path(spec.path).exists():
         root = resolve_path(spec.path)
         if spec.gguf_file and (root / spec.gguf_file).is_file():
+            converted = gguf_conversion(spec, build=False)
+            if converted is not None:
+                return AutoConfig.from_pretrained(converted, local_files_only=True)
             return AutoConfig.from_pretrained(root, gguf_file=spec.gguf_file, local_files_only=True)
         if (root / "config.json").is_file():
             return LlamaConfig(**json.loads((root / "config.json").read_text()))
@@ -206,6 +220,9 @@ def load_tokenizer(spec: LLMSpec):
     if not spec.path:
         return byte_tokenizer()
     root = _require_path(spec)
+    converted = gguf_conversion(spec)
+    if converted is not None and (converted / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(converted, local_files_only=True)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True, **kwargs)
     dummy_prefix = _sentencepiece_dummy_prefix(tokenizer, root, spec.gguf_file)
@@ -260,17 +277,82 @@ def _match_sentencepiece(tokenizer, dummy_prefix: bool) -> None:
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip])
 
 
+def _from_gguf(root: Path, gguf_file: str, attention: str) -> LlamaForCausalLM:
+    # De-quantised in float32 (the caller casts): asked for another dtype, transformers warns
+    # about packed-weight kernels that this plain de-quantised model never uses.
+    return AutoModelForCausalLM.from_pretrained(root, gguf_file=gguf_file, local_files_only=True, dtype=torch.float32,
+                                                attn_implementation=attention)
+
+
+GGUF_CONVERSION_FILE = "gguf_conversion.json"
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's SHA-256, computed once per process while its size and mtime stay the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gguf_conversion(spec: LLMSpec, build: bool = True) -> Path | None:
+    """The Hugging Face directory in `spec.gguf_cache` that holds `spec.gguf_file` de-quantised
+    (config.json, float32 model.safetensors, the tokenizer unless it is a SentencePiece one, and
+    GGUF_CONVERSION_FILE naming its source); written now when missing and `build`. None without
+    `gguf_cache` or `gguf_file` (or not built yet)."""
+    if not (spec.gguf_file and spec.gguf_cache):
+        return None
+    source = _require_path(spec) / spec.gguf_file
+    stat = source.stat()
+    record = {"source": spec.gguf_file, "sha256": _sha256(str(source), stat.st_size, stat.st_mtime_ns),
+              "transformers": transformers.__version__}
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
+    target = resolve_path(spec.gguf_cache) / f"{Path(spec.gguf_file).stem}-{key}"
+    manifest = target / GGUF_CONVERSION_FILE
+    if manifest.is_file():
+        try:
+            written = json.loads(manifest.read_text(encoding="utf-8"))
+            if isinstance(written, dict) and {k: written.get(k) for k in record} == record:
+                return target
+        except (OSError, ValueError):
+            pass  # unreadable: written again below
+    if not build:
+        return None
+
+    def write(tmp: Path) -> None:
+        # transformers refuses to save a model loaded from GGUF (it counts as quantized): the
+        # config and the de-quantised tensors are written directly, a tied LM head once.
+        model = _from_gguf(source.parent, spec.gguf_file, spec.attention)
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        state = model.state_dict()
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=spec.gguf_file, local_files_only=True)
+        # A SentencePiece tokenizer keeps being read from the GGUF file, where load_tokenizer
+        # learns how SentencePiece would prefix it (_sentencepiece_dummy_prefix).
+        saved = _sentencepiece_dummy_prefix(tokenizer, source.parent, spec.gguf_file) is None
+        if saved:
+            tokenizer.save_pretrained(tmp)
+        (tmp / GGUF_CONVERSION_FILE).write_text(json.dumps({**record, "tokenizer": saved}, indent=2), encoding="utf-8")
+
+    return write_directory(target, write)
+
+
 def load_causal_lm(spec: LLMSpec) -> LlamaForCausalLM:
     """The frozen language model. Under `torch.device("meta")` with no path: shapes only."""
     dtype = _torch_dtype(spec.dtype)
     if spec.path and torch.get_default_device().type != "meta":
-        root = _require_path(spec)
-        kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {"use_safetensors": True}
-        # A GGUF file is de-quantised in float32 and cast here: asked for another dtype, transformers
-        # warns about packed-weight kernels that this plain de-quantised model never uses.
-        load_dtype = torch.float32 if spec.gguf_file else dtype
-        model = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=load_dtype,
-                                                     attn_implementation=spec.attention, **kwargs)
+        root = gguf_conversion(spec) or _require_path(spec)
+        if spec.gguf_file and spec.gguf_cache is None:
+            model = _from_gguf(root, spec.gguf_file, spec.attention)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=dtype, use_safetensors=True,
+                                                         attn_implementation=spec.attention)
         model = model.to(dtype)
     else:
         config = llama_config(spec)

@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     data = build_vqa_from_easy_vqa(out / "data", n_train=2000, n_val=100, n_test=args.test_questions, seed=args.seed)
     print(f"data: easy-VQA in the official VQA layout in {data}")
     module = demo_module(config, **({"optim": {"lr": args.lr}} if args.lr is not None else {}))
-    print("loading SmolLM2-135M-Instruct (GGUF, de-quantised to float32) and the MiniLM-initialised Q-Former ...")
+    lm_dtype = config["model"]["init_args"]["backbone"]["language_model"].get("dtype", "float32")
+    print(f"loading SmolLM2-135M-Instruct (GGUF, de-quantised, held in {lm_dtype}) and the MiniLM-initialised "
+          "Q-Former ...")
     module.configure_model()
     counts = module.parameter_counts()
     print(f"{args.method}: {counts['trainable']:,} trainable of {counts['total']:,} parameters")

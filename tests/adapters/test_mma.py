@@ -33,6 +33,20 @@ def test_grouped_linear_is_block_diagonal():
     assert sum(p.numel() for p in layer.parameters()) == 6 * 8 // 2 + 6
 
 
+def test_neck_input_norm_normalises_each_cls_feature_and_adds_no_parameters():
+    from lavin_lightning.adapters.mma import VisualNeck
+
+    torch.manual_seed(0)
+    raw, normed = VisualNeck(32, 48, 16), VisualNeck(32, 48, 16, input_norm=True)
+    normed.load_state_dict(raw.state_dict())  # the same parameters, no more
+    x = torch.randn(3, 4, 32) * torch.tensor([1.0, 5.0, 20.0, 50.0])[:, None]  # growing per layer
+    unit = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(normed(x), raw(unit))
+    torch.testing.assert_close(normed(7.0 * x + 3.0), normed(x), rtol=1e-4, atol=1e-4)  # scale-free
+    assert not torch.allclose(raw(x), normed(x))
+    assert MMAConfig().neck_input_norm is False  # the paper and the release feed raw features
+
+
 @pytest.mark.parametrize("width", [64, 576, 4096])
 def test_mm_adapter_parameter_count_is_20c_plus_10(width):
     adapter = RepAdapterRouter(width, adapter_dim=8, groups=2)

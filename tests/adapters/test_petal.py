@@ -316,6 +316,33 @@ def test_qformer_started_from_bert_reproduces_its_text_encoder():
         load_instructblip(InstructBLIPSpec(config="tiny-t5", qformer_init=minilm))
 
 
+def test_a_replacing_language_model_keeps_its_own_dtype():
+    """`language_model.dtype: bfloat16` under an fp32 InstructBLIP: the LM alone is bf16, the
+    Q-Former's adapters train in fp32 (no autocast), and the loss is the fp32 model's to bf16 rounding."""
+    from lavin_lightning.backbones.llama import LLMSpec
+
+    def petal(lm_dtype: str) -> PETAL:
+        torch.manual_seed(0)
+        spec = InstructBLIPSpec(config="tiny-llama", language_model=LLMSpec(config="tiny", dtype=lm_dtype))
+        module = PETAL(spec, PETALConfig(ib_weight=0.0), optim=OPTIM)
+        module.configure_model()
+        return module
+
+    full, mixed = petal("float32"), petal("bfloat16")
+    backbone = mixed.model.backbone
+    assert {p.dtype for p in backbone.language_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in backbone.qformer.parameters()} == {torch.float32}
+    assert {p.dtype for p in backbone.vision_model.parameters()} == {torch.float32}
+    mixed.model.load_state_dict(full.model.state_dict())  # the same weights, LM rounded to bf16
+    batch = batch_for(full)
+    expected, loss = full.model.loss(batch), mixed.model.loss(batch)
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)
+    loss.backward()
+    grads = [p.grad for p in mixed.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 and g.isfinite().all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 def test_config_built_query_tokens_are_not_all_alike():
     """transformers zero-initialises them; identical queries would stay identical in every layer."""
     module = build(PETAL, "tiny-t5", PETALConfig(ib_weight=0.0))
