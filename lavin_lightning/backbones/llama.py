@@ -135,12 +135,12 @@ class LLMSpec:
         attention: transformers' attention kernel, "sdpa" or "eager" (the same function).
             On a CPU, with the short sequences of the demos, eager trains about 1.5x faster:
             SDPA's CPU flash-attention backward dominates a step there.
-        gguf_cache: a directory where `gguf_file`'s de-quantised weights and config are kept as a
-            Hugging Face directory (float32 safetensors), written on the first load and read on the
-            next ones: reading a GGUF file takes transformers about 20 s even for SmolLM2-135M
-            (it parses the 49k-entry vocabulary twice), the converted directory well under one.
-            Keyed by the GGUF file's SHA-256 and the transformers version. None: read the GGUF
-            file every time.
+        gguf_cache: a directory where `gguf_file`'s de-quantised weights, config and tokenizer
+            are kept as a Hugging Face directory (float32 safetensors), written on the first load
+            and read on the next ones: reading a GGUF file takes transformers about 20 s even for
+            SmolLM2-135M (it parses the 49k-entry vocabulary field by field), the converted
+            directory well under one. Keyed by the GGUF file's SHA-256 and the transformers
+            version. None: read the GGUF file every time.
     """
 
     path: str | None = None
