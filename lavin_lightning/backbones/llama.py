@@ -347,11 +347,12 @@ def load_causal_lm(spec: LLMSpec) -> LlamaForCausalLM:
     """The frozen language model. Under `torch.device("meta")` with no path: shapes only."""
     dtype = _torch_dtype(spec.dtype)
     if spec.path and torch.get_default_device().type != "meta":
-        root = gguf_conversion(spec) or _require_path(spec)
-        if spec.gguf_file and spec.gguf_cache is None:
-            model = _from_gguf(root, spec.gguf_file, spec.attention)
+        converted = gguf_conversion(spec)
+        if spec.gguf_file and converted is None:
+            model = _from_gguf(_require_path(spec), spec.gguf_file, spec.attention)
         else:
-            model = AutoModelForCausalLM.from_pretrained(root, local_files_only=True, dtype=dtype, use_safetensors=True,
+            model = AutoModelForCausalLM.from_pretrained(converted or _require_path(spec), local_files_only=True,
+                                                         dtype=dtype, use_safetensors=True,
                                                          attn_implementation=spec.attention)
         model = model.to(dtype)
     else:
