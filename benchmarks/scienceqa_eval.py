@@ -8,8 +8,10 @@ pretrained SmolLM2-135M-Instruct, freshly injected MMA adapters, i.e. untrained)
 ScienceQA-format easy-VQA problems (prompt format QCM-EA) through the real test loop
 (`Trainer.test` + `ScienceQAEvaluation`), once per way of evaluating, on the same problems:
 
-* release: every sample generates the full budget (or until EOS with the rest of its batch),
-  batches in the split's order: the LaVIN release's evaluation;
+* release: every batch decodes the full budget (`GenerationConfig.full_budget`: the release's
+  loop has no early exit, so rows that wrote EOS keep decoding to the end), batches in the
+  split's order: the LaVIN release's evaluation (which costs a little more still: it feeds the
+  longer prompts' tails one token per step);
 * stop/masked: a sample stops once its answer is decided (`AnswerStop`); the batch ends when all
   of its rows have stopped (stopped rows stay in it);
 * stop/compact: rows that stopped leave the batch (`GenerationConfig.compact`);
@@ -54,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import entry, write_json  # noqa: E402
 
 MODES = {
-    "release": {"stop": False, "compact": False, "eval_order": "split", "evaluation": "generate"},
+    "release": {"stop": False, "compact": False, "eval_order": "split", "evaluation": "generate", "full_budget": True},
     "stop/masked": {"stop": True, "compact": False, "eval_order": "split", "evaluation": "generate"},
     "stop/compact": {"stop": True, "compact": True, "eval_order": "split", "evaluation": "generate"},
     "stop/compact/length": {"stop": True, "compact": True, "eval_order": "length", "evaluation": "generate"},
@@ -79,6 +81,7 @@ def evaluate(module, data_root: Path, out: Path, args, mode: dict) -> tuple[floa
     re-encoded rows, packed options; padding included), row-steps decoded (one new token of one
     row each)]), {pid: answer index or None} and {pid: text}."""
     module.generation.compact = mode["compact"]
+    module.generation.full_budget = mode.get("full_budget", False)
     datamodule = ScienceQADataModule(str(data_root), prompt_format=args.prompt_format,
                                      image_size=module.model.vision.image_size, global_batch_size=8,
                                      eval_batch_size=args.batch, max_seq_len=256, tokenizer=module.tokenizer,

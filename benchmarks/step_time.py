@@ -16,14 +16,21 @@ embedded default's architecture with random weights (timing does not depend on t
   MMA unfolded, and MMA folded into the frozen weights as test / predict / chat run it.
 * text: every causal-LM method with an Alpaca tiny config against the frozen LLM on one
   Alpaca-style batch; the baseline back-propagates to its input embeddings (as any adapter in
-  the first layers makes the real run do) but has no weights to update.
+  the first layers makes the real run do) but has no weights to update. LoRA also without its
+  recipe's dropout (0.05 on the input of every adapted layer: a random mask as wide as the
+  hidden states, which on a CPU costs more than LoRA's own matmuls).
 * decode: chat-style generation (batch 1, greedy, a fixed number of new tokens) in tokens
   per second, with and without the KV cache, for every text method (as `predict` runs it:
   LoRA merged).
 * petal: every method on InstructBLIP (PETAL also without its IB term and in the release's
   form) against the frozen InstructBLIP back-propagating to its query tokens (what any
   Q-Former adapter makes the real run do).
-Steps alternate between variants to share machine noise; medians are reported.
+Steps alternate between variants to share machine noise. Each variant's time is the best of its
+repeats by default (`--statistic min`): on a shared machine noise only ever adds time, so the
+fastest repeat is the closest to a variant's own cost, and ratios of minima move far less from
+run to run than ratios of medians (`--statistic median` reports those). `--threads 1 --clock cpu`
+times each step in this process's CPU seconds on one thread: the steadiest comparison on a shared
+machine (time other processes take is not counted; cache contention still is).
 
 `--device cuda` runs the same on a GPU (synchronised around every timing), `--dtype bfloat16`
 stores the frozen weights in bf16 (adapters stay fp32), `--llm llama-1b` is a ~1.1B LLaMA shape
@@ -198,19 +205,22 @@ def time_steps(variants: dict[str, Step], batch: dict, steps: int) -> dict[str, 
     for step_index in range(steps + 1):  # step 0 warms up
         for name in variants:
             sync()
-            start = time.perf_counter()
+            start = CLOCK()
             step(name)
             sync()
             if step_index:
-                times[name].append(time.perf_counter() - start)
-    medians = {k: statistics.median(v) for k, v in times.items()}
+                times[name].append(CLOCK() - start)
+    seconds = {k: STATISTIC(v) for k, v in times.items()}
     if PROFILE:
+        profile_steps(functools.partial(step, next(iter(variants))), steps=1)  # the profiler's own start-up cost
         PROFILES[id(variants)] = {name: profile_steps(functools.partial(step, name)) for name in variants}
-    return medians
+    return seconds
 
 
 PROFILE = False
 FOREACH = True
+STATISTIC = min  # of a variant's repeated timings (--statistic)
+CLOCK = time.perf_counter  # --clock: wall time, or this process's CPU time (time.process_time)
 PROFILES: dict[int, dict[str, dict[str, tuple[float, int]]]] = {}
 
 
@@ -251,15 +261,15 @@ def profile_report(profiles: dict[str, dict[str, tuple[float, int]]], base_name:
     return summary
 
 
-def report(title: str, variants: dict[str, Step], medians: dict[str, float], base_name: str) -> dict:
-    base = medians[base_name]
+def report(title: str, variants: dict[str, Step], seconds: dict[str, float], base_name: str) -> dict:
+    base = seconds[base_name]
     print(title)
     rows = {}
-    for name, median in medians.items():
+    for name, value in seconds.items():
         trainable = sum(p.numel() for p in variants[name].parameters() if p.requires_grad)
-        print(f"  {name:<22} {median * 1000:8.1f} ms/step  x{median / base:.3f}  ({(median / base - 1) * 100:+5.1f}%)"
+        print(f"  {name:<22} {value * 1000:8.1f} ms/step  x{value / base:.3f}  ({(value / base - 1) * 100:+5.1f}%)"
               f"   trainable {trainable:,}")
-        rows[name] = {"ms_per_step": round(median * 1000, 2), "ratio": round(median / base, 4),
+        rows[name] = {"ms_per_step": round(value * 1000, 2), "ratio": round(value / base, 4),
                       "trainable": trainable}
     section = {"title": title, "baseline": base_name, "variants": rows}
     if id(variants) in PROFILES:
@@ -298,16 +308,16 @@ def decode_speed(methods: dict[str, CausalLMModule], frozen: AdaptedCausalLM, to
             for name, (model, cache) in runs.items():
                 model.eval()
                 sync()
-                start = time.perf_counter()
+                start = CLOCK()
                 model.generate(batch, config, use_cache=cache)
                 sync()
                 if repeat:
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(CLOCK() - start)
         for context in contexts:
             context.__exit__(None, None, None)
-    print(f"decoding, batch 1, prompt {batch['input_ids'].shape[1]} tokens, {new_tokens} new tokens (median of "
-          f"{repeats}; as predict runs each method):")
-    speeds = {name: new_tokens / statistics.median(values) for name, values in times.items()}
+    print(f"decoding, batch 1, prompt {batch['input_ids'].shape[1]} tokens, {new_tokens} new tokens "
+          f"({STATISTIC.__name__} of {repeats}; as predict runs each method):")
+    speeds = {name: new_tokens / STATISTIC(values) for name, values in times.items()}
     rows = {}
     for name, speed in speeds.items():
         cache = " cached" if name.endswith(" cached") else " uncached"
@@ -324,7 +334,7 @@ def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> di
     folded = module("lavin", backbone_args)
     variants = {"frozen backbone": stripped, "MMA unfolded": adapted, "MMA folded": folded}
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
-    print(f"LaVIN cached decoding, batch 1, {new_tokens} new tokens (median of {repeats}):")
+    print(f"LaVIN cached decoding, batch 1, {new_tokens} new tokens ({STATISTIC.__name__} of {repeats}):")
     rows = {}
     for modality, has_image in (("image prompt", True), ("text-only prompt", False)):
         batch = lavin_batch(adapted.tokenizer, 1, adapted.model.vision.image_size)
@@ -340,14 +350,14 @@ def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> di
                 for repeat in range(repeats + 1):  # variants alternate: they share the machine's noise
                     for name, m in variants.items():
                         sync()
-                        start = time.perf_counter()
+                        start = CLOCK()
                         m.model.generate(batch, config)
                         sync()
                         if repeat:
-                            times[name].append(time.perf_counter() - start)
-        base = new_tokens / statistics.median(times["frozen backbone"])
+                            times[name].append(CLOCK() - start)
+        base = new_tokens / STATISTIC(times["frozen backbone"])
         for name, values in times.items():
-            speed = new_tokens / statistics.median(values)
+            speed = new_tokens / STATISTIC(values)
             print(f"  {modality:<17} {name:<16} {speed:8.1f} tokens/s  x{speed / base:.3f} of the frozen backbone")
             rows[f"{modality}, {name}"] = {"tokens_per_s": round(speed, 2), "ratio": round(speed / base, 4)}
     return {"new_tokens": new_tokens, "variants": rows}
@@ -394,33 +404,45 @@ def headline(results: dict) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    global DEVICE, PROFILE, TOKENIZER, FOREACH
+    global DEVICE, PROFILE, TOKENIZER, FOREACH, STATISTIC, CLOCK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llm", choices=["smollm2", "llama-1b", "tiny"], default="smollm2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--decode-repeats", type=int, default=5)
     ap.add_argument("--section", default="all", help="all, or comma-separated: " + ", ".join(SECTIONS))
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the frozen weights")
     ap.add_argument("--optimizer", choices=["foreach", "loop"], default="foreach",
                     help="AdamW's multi-tensor implementation, or its per-parameter loop (CPU default of torch)")
+    ap.add_argument("--statistic", choices=["min", "median"], default="min",
+                    help="of each variant's repeated timings (default: the best repeat)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall seconds, or this process's CPU seconds (all its threads): with --threads 1 on a "
+                         "shared machine, the time other processes take from it is left out")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler self-CPU breakdown of the training steps")
     ap.add_argument("--tokenizer", default=None, help="SmolLM2's tokenizer saved with save_pretrained (default: "
                     "read from the embedded GGUF file)")
     ap.add_argument("--json", default=None, help="also write the results here (for benchmarks/report.py)")
     args = ap.parse_args(argv)
     TOKENIZER, FOREACH = args.tokenizer, args.optimizer == "foreach"
+    STATISTIC = {"min": min, "median": statistics.median}[args.statistic]
+    CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     chosen = set(SECTIONS) if args.section == "all" else set(args.section.split(","))
     if chosen - set(SECTIONS):
         ap.error(f"unknown sections {sorted(chosen - set(SECTIONS))}; choose from {SECTIONS}")
     DEVICE, PROFILE = torch.device(args.device), args.profile
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")
+    if DEVICE.type == "cuda" and args.clock == "cpu":
+        ap.error("--clock cpu times CPU work; GPU steps need --clock wall")
     backbone_args = backbones(args.llm, args.dtype)
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"LLM {args.llm} architecture ({args.dtype} frozen weights), {where}, "
+    print(f"LLM {args.llm} architecture ({args.dtype} frozen weights), {where}, {args.clock} clock, "
           f"load average {os.getloadavg()[0]:.2f}")
     results: dict = {}
     if "lavin" in chosen:
@@ -428,14 +450,14 @@ def main(argv: list[str] | None = None) -> dict:
         strip_adapters(stripped.model)
         variants = {"frozen backbone": of(stripped), "MMA-adapted": of(adapted)}
         batch = on_device(lavin_batch(adapted.tokenizer, args.batch, adapted.model.vision.image_size))
-        medians = time_steps(variants, batch, args.steps)
+        seconds = time_steps(variants, batch, args.steps)
         results["lavin"] = report(f"LaVIN training step, batch {args.batch}, {batch['input_ids'].shape[1]} text "
-                                  "tokens:", variants, medians, "frozen backbone")
-        print(f"  MMA overhead: {(medians['MMA-adapted'] / medians['frozen backbone'] - 1) * 100:+.1f}% "
+                                  "tokens:", variants, seconds, "frozen backbone")
+        print(f"  MMA overhead: {(seconds['MMA-adapted'] / seconds['frozen backbone'] - 1) * 100:+.1f}% "
               "(budget: <= 5%)")
         del adapted, stripped, variants
     if "lavin-decode" in chosen:
-        results["lavin-decode"] = lavin_decode_speed(backbone_args, args.new_tokens, repeats=5)
+        results["lavin-decode"] = lavin_decode_speed(backbone_args, args.new_tokens, repeats=args.decode_repeats)
     if chosen & {"text", "decode"}:
         methods = text_variants(backbone_args)
         tokenizer = next(iter(methods.values())).tokenizer
@@ -444,6 +466,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "text" in chosen:
         batch = on_device(text_batch(tokenizer, args.batch))
         variants = {"frozen backbone": Step(frozen, frozen.loss), **{k: of(m) for k, m in methods.items()}}
+        if "lora" in methods:  # its recipe's dropout draws a mask over every adapted layer's input
+            variants["lora without dropout"] = of(module("lora", backbone_args, adapter={"dropout": 0.0}))
         results["text"] = report(f"text training step, batch {args.batch}, {batch['input_ids'].shape[1]} tokens:",
                                  variants, time_steps(variants, batch, args.steps), "frozen backbone")
     if "decode" in chosen:

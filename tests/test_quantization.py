@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent / "models"))
 from test_method_contract import OPTIM, ROWS, batch_for, outputs, train  # noqa: E402
 
 from lavin_lightning.adapters.core import Injection  # noqa: E402
-from lavin_lightning.adapters.lora import merge_lora  # noqa: E402
+from lavin_lightning.adapters.lora import merged  # noqa: E402
 from lavin_lightning.backbones.llama import (  # noqa: E402
     LLMSpec,
     QuantizationSpec,
@@ -251,8 +251,8 @@ def test_lora_does_not_merge_into_quantized_weights_and_says_so(caplog):
     train(module, steps=1)
     module.eval()
     with pytest.raises(ConfigError, match=r"self_attn.q_proj: its frozen weight is quantized .*not merged: it runs "
-                                          r"unmerged"):
-        merge_lora(module.model)
+                                          r"unmerged"), merged(module.model):
+        pass
     batch = batch_for(module)
     unmerged = outputs(module.model, batch)
     with caplog.at_level(logging.WARNING), module.inference():

@@ -116,6 +116,9 @@ def peft_layers(model: nn.Module) -> list[nn.Module]:
 @contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[None]:
     """Run `model` as its frozen backbone: every adapter seam passes through."""
+    if any(getattr(m, "lora_merged", False) for m in model.modules()):
+        raise ConfigError("LoRA's updates are merged into the frozen weights (inference): disable the adapters "
+                          "before entering inference, not inside it")
     modules = [m for m in model.modules() if isinstance(m, (AdapterModule, FoldedLayer))]
     lora_layers = peft_layers(model)
     for module in modules:

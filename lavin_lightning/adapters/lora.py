@@ -11,11 +11,14 @@ PETAL baseline).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
-from lavin_lightning.adapters.core import Injection, match_modules, peft_layers, prefixed, top_layers
+from lavin_lightning.adapters.core import Injection, match_modules, peft_layers, prefixed, replace_module, top_layers
 from lavin_lightning.errors import ConfigError
 
 
@@ -73,8 +76,9 @@ def inject(model: nn.Module, config: LoRAConfig) -> Injection:
 
 
 def check_mergeable(model: nn.Module) -> None:
-    """ConfigError naming the first LoRA layer whose frozen weight is quantized: merging would
-    round W + BA to the quantization grid (peft re-quantizes), so it is not exact."""
+    """ConfigError naming the first LoRA layer whose frozen weight is quantized (merging would
+    round W + BA to the quantization grid, so it is not exact) or sharded (FSDP: each process
+    holds a slice of W)."""
     from lavin_lightning.backbones.llama import is_quantized
 
     layers = {id(layer) for layer in peft_layers(model)}
@@ -86,19 +90,39 @@ def check_mergeable(model: nn.Module) -> None:
             raise ConfigError(f"{name}: its frozen weight is quantized ({type(weight).__name__}, llm.quantization); "
                               "merging LoRA into it would round the update to the quantization grid, so LoRA is not "
                               "merged: it runs unmerged (base layer + B A)")
+        if type(weight.data) is not torch.Tensor:
+            raise ConfigError(f"{name}: its frozen weight is a {type(weight.data).__name__} (sharded, FSDP): LoRA is "
+                              "not merged into it; it runs unmerged (base layer + B A)")
 
 
-def merge_lora(model: nn.Module) -> int:
-    """Fold every LoRA update into its frozen weight (inference); returns the layer count.
-    Refuses quantized frozen weights (`check_mergeable`) before merging any."""
+@contextmanager
+def merged(model: nn.Module) -> Iterator[int]:
+    """Inference with every LoRA update folded into its frozen weight (W + s B A, rounded once
+    to W's dtype) and each peft layer replaced by that base nn.Linear while the block is open,
+    so the model runs the backbone's own modules and decoding costs what the backbone's costs
+    (peft's wrapper stays out of the call path). Layers whose adapters are disabled
+    (`adapters_disabled`) are replaced unmerged. On exit every layer is put back with its
+    original weight tensor (bit-exact: no W + BA - BA rounding left behind). Refuses quantized
+    frozen weights (`check_mergeable`) before changing anything. Yields the number merged."""
     check_mergeable(model)
-    layers = [layer for layer in peft_layers(model) if not layer.merged]
-    for layer in layers:
-        layer.merge()
-    return len(layers)
-
-
-def unmerge_lora(model: nn.Module) -> None:
-    for layer in peft_layers(model):
-        if layer.merged:
-            layer.unmerge()
+    layers = {id(layer) for layer in peft_layers(model)}
+    swapped: list[tuple[str, nn.Module, torch.Tensor | None]] = []  # (name, peft layer, its original weight)
+    try:
+        for name, layer in [(n, m) for n, m in model.named_modules() if id(m) in layers]:
+            base = layer.get_base_layer()
+            original = None
+            if not layer.disable_adapters and not layer.merged:  # (merged by peft itself: W holds it already)
+                original = base.weight.data
+                delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters if a in layer.lora_A)
+                base.weight.data = (original.float() + delta).to(original.dtype)
+            base.lora_merged = True  # seen by adapters_disabled, which cannot take a merged update back out
+            replace_module(model, name, base)
+            swapped.append((name, layer, original))
+        yield sum(original is not None for _, _, original in swapped)
+    finally:
+        for name, layer, original in reversed(swapped):
+            base = layer.get_base_layer()
+            del base.lora_merged
+            if original is not None:
+                base.weight.data = original
+            replace_module(model, name, layer)

@@ -158,6 +158,95 @@ class RepAdapter(AdapterModule):
         return x.add(delta, alpha=self.scale) if self.residual else delta
 
 
+class _SampleRoutedAdapter(torch.autograd.Function):
+    """The sample-routed MM-Adapter, forward and backward written out:
+
+        w = softmax((R x[:, 0] + r) / tau)            (or given: the routing cache)
+        a = dropout(A x + b)
+        out = x + s * (w_0 (U_0 a + u_0) + w_1 (U_1 a + u_1))
+
+    The same function as composing the modules, in a few dozen operators per training step
+    where autograd records a few hundred, and with three full-width passes fewer (the routing
+    slice's zero-filled gradient and its sum, the scaled output gradient): on a CPU every
+    operator's dispatch and every pass over the (B, T, C) activations cost more than this
+    rank-8 adapter's arithmetic. The experts' block-diagonal up-projections and biases are
+    mixed per sample first, so the C-wide output is written once (one batched matmul over the
+    code with a column of ones for the bias). The dropout mask is drawn as `F.dropout` draws it
+    (one `bernoulli_` of keep-probability 1 - p over the code), so a seeded run sees the same
+    masks. Everything is computed in the adapter's own dtype, with autocast off (its backward
+    runs outside autocast, so both directions agree; `NormThenAdapter` hands it its input in
+    that dtype and casts the output back). Returns the output and the routing weights (B, 2),
+    the latter without gradient."""
+
+    @staticmethod
+    def forward(ctx, x, *args):
+        with torch.autocast(x.device.type, enabled=False):
+            return _SampleRoutedAdapter._forward(ctx, x, *args)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, _):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _SampleRoutedAdapter._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(ctx, x, router_w, router_b, given_w, down_w, down_b, up_w0, up_b0, up_w1, up_b1, temperature: float,
+                 scale: float, p: float):
+        # up_w<e>: expert e's (groups, out/groups, in/groups), GroupedLinear's layout; up_b<e>: (C,).
+        groups, group_out, group_in = up_w0.shape
+        batch, width, code = x.shape[0], x.shape[-1], down_w.shape[0]
+        routed = given_w is None
+        w = torch.softmax(torch.addmm(router_b, x[:, 0], router_w.t()) / temperature, dim=-1) if routed else given_w
+        hidden = torch.addmm(down_b, x.reshape(-1, width), down_w.t()).view(*x.shape[:-1], code)
+        mask = None
+        if p > 0:
+            mask = torch.empty_like(hidden).bernoulli_(1 - p).div_(1 - p)
+            hidden = hidden * mask
+        hidden = torch.cat([hidden, hidden.new_ones(*hidden.shape[:-1], 1)], dim=-1)  # the bias row's input
+        # Each expert's dense (code + 1, width) matrix: its groups' blocks transposed on the
+        # diagonal, its bias as the last row.
+        dense = up_w0.new_zeros(2, code + 1, width)
+        for e, (up_w, up_b) in enumerate(((up_w0, up_b0), (up_w1, up_b1))):
+            for g in range(groups):
+                dense[e, g * group_in:(g + 1) * group_in, g * group_out:(g + 1) * group_out] = up_w[g].t()
+            dense[e, code] = up_b
+        mixed = (w @ dense.view(2, -1)).view(batch, code + 1, width)
+        out = torch.baddbmm(x, hidden, mixed, alpha=scale)
+        ctx.save_for_backward(x, w, router_w, down_w, hidden, mask, dense, mixed)
+        ctx.settings = (routed, temperature, scale, groups, group_out, group_in)
+        ctx.mark_non_differentiable(w)
+        return out, w
+
+    @staticmethod
+    def _backward(ctx, grad_out):
+        x, w, router_w, down_w, hidden, mask, dense, mixed = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype)
+        routed, temperature, scale, groups, group_out, group_in = ctx.settings
+        batch, width, code = x.shape[0], x.shape[-1], down_w.shape[0]
+        grad_mixed = torch.bmm(hidden.transpose(1, 2), grad_out).mul_(scale)  # (B, code + 1, width)
+        grad_dense = (w.t() @ grad_mixed.view(batch, -1)).view_as(dense)
+        grad_up = []  # per expert: its weight's blocks (back in GroupedLinear's layout), its bias
+        for e in (0, 1):
+            blocks = [grad_dense[e, g * group_in:(g + 1) * group_in, g * group_out:(g + 1) * group_out].t()
+                      for g in range(groups)]
+            grad_up += [torch.stack(blocks), grad_dense[e, code]]
+        grad_hidden = torch.bmm(grad_out, mixed[:, :code].transpose(1, 2)).mul_(scale)
+        if mask is not None:
+            grad_hidden = grad_hidden * mask
+        flat = grad_hidden.reshape(-1, code)
+        grad_down_w = flat.t() @ x.reshape(-1, width)
+        grad_down_b = flat.sum(dim=0)
+        grad_x = torch.addmm(grad_out.reshape(-1, width), flat, down_w).view_as(x)
+        grad_router_w = grad_router_b = None
+        if routed:  # softmax backward, then the router's linear on row 0
+            grad_w = grad_mixed.view(batch, -1) @ dense.view(dense.shape[0], -1).t()
+            grad_logits = w * (grad_w - (grad_w * w).sum(dim=-1, keepdim=True)) / temperature
+            grad_router_w = grad_logits.t() @ x[:, 0]
+            grad_router_b = grad_logits.sum(dim=0)
+            grad_x[:, 0] += grad_logits @ router_w
+        return (grad_x, grad_router_w, grad_router_b, None, grad_down_w, grad_down_b, *grad_up, None, None, None)
+
+
 class RepAdapterRouter(AdapterModule):
     """MM-Adapter: two up-projection experts over a shared down-projection, softly routed.
 
@@ -205,11 +294,14 @@ class RepAdapterRouter(AdapterModule):
         else:
             source = x
         weights = torch.softmax(self.router(source) / self.temperature, dim=-1)
+        self._remember(weights)
+        return weights
+
+    def _remember(self, weights: torch.Tensor) -> None:
         if self.recorded is not None:
             self.recorded.append(weights.detach())
         if self._cache_on and self.routing == "sample":
             self._cached_weights = weights
-        return weights
 
     def mixing_matrix(self) -> torch.Tensor:
         """(width, 2h + 2): both experts' dense up-projections side by side, then their biases."""
@@ -217,29 +309,25 @@ class RepAdapterRouter(AdapterModule):
         return torch.cat([first.dense(), second.dense(), first.bias[:, None], second.bias[:, None]], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.routing_weights(x)
-        hidden = self.dropout(self.down(x))
-        first, second = self.up_experts
         if self.routing == "sample":
-            # One decision per sample: mix the experts' weights first (B small block-diagonal
-            # matrices), then project once with the bias fused in; the same function as
-            # mixing the two projections, at half the cost and without layout copies.
-            w = weights[:, 0]  # (B, 2)
-            mixed_bias = w @ torch.stack([first.bias, second.bias])
-            up = torch.einsum("be,egoi->bgio", w, torch.stack([first.weight, second.weight]))
-            groups, group_in, group_out = up.shape[1:]
-            dense = up.new_zeros(up.shape[0], groups, group_in, groups, group_out)
-            index = torch.arange(groups, device=up.device)
-            dense[:, index, :, index, :] = up.transpose(0, 1)
-            dense = dense.reshape(up.shape[0], groups * group_in, groups * group_out)
-            mixed = torch.baddbmm(mixed_bias[:, None], hidden, dense)
-        else:
-            # Per token: w_0 (U_0 a + u_0) + w_1 (U_1 a + u_1) = [w_0 a, w_1 a, w_0, w_1] [U_0, U_1, u_0, u_1]^T,
-            # one matmul on the h-wide code instead of two C-wide expert outputs weighed and added.
-            w = weights.expand(*hidden.shape[:-1], 2)
-            features = torch.cat([hidden * w[..., :1], hidden * w[..., 1:], w], dim=-1)
-            mixed = F.linear(features, self.mixing_matrix())
-        return x.add(mixed, alpha=self.scale)
+            # One decision per sample (_SampleRoutedAdapter: the same function in a tenth of the
+            # operators); the routing cache, when on, holds the prefill's weights.
+            cached = self._cached_weights if self._cache_on else None
+            first, second = self.up_experts
+            out, weights = _SampleRoutedAdapter.apply(
+                x, self.router.weight, self.router.bias, None if cached is None else cached[:, 0], self.down.weight,
+                self.down.bias, first.weight, first.bias, second.weight, second.bias, self.temperature, self.scale,
+                self.dropout.p if self.training else 0.0)
+            if cached is None:
+                self._remember(weights[:, None])
+            return out
+        weights = self.routing_weights(x)
+        # Per token: w_0 (U_0 a + u_0) + w_1 (U_1 a + u_1) = [w_0 a, w_1 a, w_0, w_1] [U_0, U_1, u_0, u_1]^T,
+        # one matmul on the h-wide code instead of two C-wide expert outputs weighed and added.
+        hidden = self.dropout(self.down(x))
+        w = weights.expand(*hidden.shape[:-1], 2)
+        features = torch.cat([hidden * w[..., :1], hidden * w[..., 1:], w], dim=-1)
+        return x.add(F.linear(features, self.mixing_matrix()), alpha=self.scale)
 
 
 @contextmanager
@@ -275,13 +363,19 @@ class ModalityFoldedLinear(FoldedLayer):
         self.register_buffer("weights", weights, persistent=False)  # (2, out, in)
         self.register_buffer("biases", biases, persistent=False)  # (2, out)
         self.modality: torch.Tensor | None = None
-        self.uniform: int | None = None  # the batch's one modality, when it has one (set with `modality`)
+        # (weight, bias) of the batch's one modality, when it has one (set with `modality`):
+        # picked once per batch, so that a decoding step costs one F.linear, as the frozen layer.
+        self.uniform: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def use_modalities(self, modality: torch.Tensor | None, uniform: int | None) -> None:
+        self.modality = modality
+        self.uniform = None if uniform is None else (self.weights[uniform], self.biases[uniform])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return self.base(x)
         if self.uniform is not None:  # the common case: nothing but the frozen layer's own cost
-            return F.linear(x, self.weights[self.uniform], self.biases[self.uniform])
+            return F.linear(x, *self.uniform)
         if self.modality is None:
             raise RuntimeError("a folded MM-Adapter layer needs its batch's modalities (LaVINModel sets them)")
         out = x.new_empty(*x.shape[:-1], self.weights.shape[1])
@@ -389,12 +483,12 @@ def modality_rows(folding: Folding | None, has_image: torch.Tensor) -> Iterator[
     modality = has_image.long()
     uniform = int(modality[0]) if bool((modality == modality[0]).all()) else None
     for layer in layers:
-        layer.modality, layer.uniform = modality, uniform
+        layer.use_modalities(modality, uniform)
     try:
         yield
     finally:
         for layer in layers:
-            layer.modality, layer.uniform = None, None
+            layer.use_modalities(None, None)
 
 
 class VisualNeck(AdapterModule):

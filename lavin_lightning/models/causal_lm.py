@@ -54,6 +54,10 @@ class GenerationConfig:
             prompt + tokens so far). Used only where it changes no text: rows that generate
             independently of each other (`AdaptedCausalLM.batch_dependence`) and greedy
             decoding or per-sample streams. False keeps every row in its batch to the end.
+        full_budget: a batch decodes all `max_new_tokens` steps even after every row has ended,
+            as the releases' decoding loop does (it has no early exit). The texts are the same
+            (a row's tokens end at its EOS) and nothing is compacted; only the cost is the
+            releases', which benchmarks/scienceqa_eval.py measures the faster ways against.
     """
 
     max_new_tokens: int = 64
@@ -62,6 +66,7 @@ class GenerationConfig:
     seed: int = 0
     streams: Literal["sample", "run"] = "sample"
     compact: bool = True
+    full_budget: bool = False
 
     def __post_init__(self):
         if self.streams not in ("sample", "run"):
@@ -317,9 +322,9 @@ class AdaptedCausalLM(nn.Module):
                         if done:
                             running[j] = False
                 n_running = int(running.sum())
-                if n_running == 0 or remaining == 0:
+                if (n_running == 0 and not config.full_budget) or remaining == 0:
                     return [], step + local + 1
-                if compact and n_running <= size // 2 and remaining >= 2:
+                if compact and not config.full_budget and n_running <= size // 2 and remaining >= 2:
                     return [rows[j] for j in running.nonzero().squeeze(-1).tolist()], step + local + 1
                 # Right padding: the new token goes after the longest row; shorter rows keep
                 # their own positions and mask their padding.

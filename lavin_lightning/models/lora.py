@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from lavin_lightning.adapters import lora
 from lavin_lightning.adapters.core import Injection
-from lavin_lightning.adapters.lora import LoRAConfig, check_mergeable, merge_lora, unmerge_lora
+from lavin_lightning.adapters.lora import LoRAConfig, check_mergeable, merged
 from lavin_lightning.backbones.llama import LLMSpec
 from lavin_lightning.errors import ConfigError
 from lavin_lightning.models.causal_lm import AdaptedCausalLM, CausalLMModule
@@ -22,8 +22,9 @@ class LoRA(CausalLMModule):
     Args:
         llm: the frozen language model (LLaMA family).
         adapter: rank, alpha, dropout and target modules.
-        merge_for_inference: fold the updates into the frozen weights for predict (and
-            chat), so decoding costs what the backbone costs; unmerged afterwards. Over a
+        merge_for_inference: fold the updates into the frozen weights for test, predict and
+            chat, with peft's layers swapped for the merged base layers meanwhile, so decoding
+            costs what the backbone costs; put back and unmerged afterwards. Over a
             quantized backbone (llm.quantization) nothing merges exactly: LoRA then runs
             unmerged, with a warning.
         **kwargs: `CausalLMModule`'s (optim, generation, adapter_path, global_batch_size).
@@ -52,8 +53,5 @@ class LoRA(CausalLMModule):
             log.warning("LoRA not merged for inference, decoding with the updates unmerged: %s", err)
             yield
             return
-        merge_lora(self.model)
-        try:
+        with merged(self.model):
             yield
-        finally:
-            unmerge_lora(self.model)

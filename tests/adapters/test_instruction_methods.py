@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from lavin_lightning.adapters.core import adapters_disabled
+from lavin_lightning.adapters.core import adapters_disabled, peft_layers
 from lavin_lightning.adapters.excitor import ExcitorBlock, ExcitorConfig
 from lavin_lightning.adapters.llama_adapter import AdaptionPrompt, LlamaAdapterConfig
-from lavin_lightning.adapters.lora import LoRAConfig, merge_lora, unmerge_lora
+from lavin_lightning.adapters.lora import LoRAConfig, merged
 from lavin_lightning.backbones.llama import LLMSpec, load_causal_lm
 from lavin_lightning.backbones.tiny import byte_tokenizer
 from lavin_lightning.backbones.vision import VisionSpec
 from lavin_lightning.checkpoint import load_adapter, save_adapter
-from lavin_lightning.errors import CheckpointError
+from lavin_lightning.errors import CheckpointError, ConfigError
 from lavin_lightning.models.base import OptimConfig
 from lavin_lightning.models.causal_lm import AdaptedCausalLM, GenerationConfig
 from lavin_lightning.models.excitor import Excitor
@@ -285,16 +285,28 @@ def test_streaming_reports_every_token():
     assert seen[: len(ids[0])] == ids[0]
 
 
-def test_lora_merge_keeps_outputs():
+def test_lora_merge_keeps_outputs_and_leaves_only_the_backbones_layers():
     module = make("lora", target_modules=["q_proj", "v_proj", "down_proj"])
     randomise(module)
     batch = text_batch(BATCH)
     unmerged = logits(module.model, batch)
-    assert merge_lora(module.model) == 6  # 3 targets x 2 layers
-    # Folding W + s B A changes float rounding only (logits here are of order 10).
-    torch.testing.assert_close(logits(module.model, batch), unmerged, rtol=1e-4, atol=5e-4)
-    unmerge_lora(module.model)
-    torch.testing.assert_close(logits(module.model, batch), unmerged, rtol=1e-4, atol=5e-4)
+    with adapters_disabled(module.model):
+        backbone = logits(module.model, batch)
+    with merged(module.model) as count:
+        assert count == 6  # 3 targets x 2 layers
+        assert peft_layers(module.model) == []  # the decoding path holds nn.Linear layers only
+        # Folding W + s B A changes float rounding only (logits here are of order 10).
+        torch.testing.assert_close(logits(module.model, batch), unmerged, rtol=1e-4, atol=5e-4)
+        with pytest.raises(ConfigError, match="disable the adapters before entering inference"):
+            adapters_disabled(module.model).__enter__()
+    assert len(peft_layers(module.model)) == 6
+    assert torch.equal(logits(module.model, batch), unmerged)  # the frozen weights are restored bit for bit
+    with adapters_disabled(module.model), merged(module.model) as count:  # the "before" runs of the demos
+        assert count == 0
+        assert torch.equal(logits(module.model, batch), backbone)
+    # Training after inference: the LoRA tensors are back in the graph.
+    module.model.loss(text_batch(BATCH)).backward()
+    assert all(p.grad is not None for name, p in module.model.named_parameters() if "lora_B" in name)
 
 
 # -- multimodal --------------------------------------------------------------------------------
@@ -320,8 +332,6 @@ def test_multimodal_generation_cached_equals_uncached(method):
 
 
 def test_text_only_model_refuses_images():
-    from lavin_lightning.errors import ConfigError
-
     with pytest.raises(ConfigError, match="no vision encoder"):
         make("lora").model.loss(text_batch(BATCH, images=1))
 

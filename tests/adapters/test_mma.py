@@ -243,3 +243,54 @@ def test_sample_routing_mixes_expert_weights_like_mixing_outputs():
     hidden = adapter.down(x)
     expected = x + weights[..., :1] * adapter.up_experts[0](hidden) + weights[..., 1:] * adapter.up_experts[1](hidden)
     torch.testing.assert_close(adapter(x), expected)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_sample_routed_adapter_gradients_equal_autograds_of_the_composed_modules(dropout):
+    """The written-out forward and backward (_SampleRoutedUp) against autograd through the
+    modules, dropout included (the same seed draws the same masks)."""
+    torch.manual_seed(0)
+    adapter = RepAdapterRouter(12, adapter_dim=4, routing="sample", dropout=dropout, scale=0.7).double()
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.normal_()
+    x = torch.randn(3, 5, 12, dtype=torch.double, requires_grad=True)
+    grad_out = torch.randn(3, 5, 12, dtype=torch.double)
+
+    def composed():
+        weights = adapter.routing_weights(x)
+        hidden = adapter.dropout(adapter.down(x))
+        first, second = adapter.up_experts
+        return x + 0.7 * (weights[..., :1] * first(hidden) + weights[..., 1:] * second(hidden))
+
+    results = []
+    for run in (adapter, composed):
+        torch.manual_seed(1)
+        out = run(x) if run is adapter else run()
+        grads = torch.autograd.grad(out, [x, *adapter.parameters()], grad_out)
+        results.append((out, grads))
+    (out, grads), (expected, expected_grads) = results
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
+    if dropout == 0.0:
+        torch.autograd.gradcheck(lambda x: adapter(x), (x,))
+
+
+def test_sample_routed_adapter_computes_in_its_own_dtype_under_autocast():
+    """Mixed-precision training (bf16 autocast) leaves the adapter's arithmetic in fp32, forward
+    and backward alike: the same output and gradients as without autocast."""
+    torch.manual_seed(0)
+    adapter = RepAdapterRouter(16, adapter_dim=8, routing="sample", dropout=0.0)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.normal_()
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    plain = adapter(x)
+    plain_grads = torch.autograd.grad(plain.square().sum(), [x, *adapter.parameters()])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = adapter(x)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, plain)
+    for got, want in zip(torch.autograd.grad(mixed.square().sum(), [x, *adapter.parameters()]), plain_grads,
+                         strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, want)

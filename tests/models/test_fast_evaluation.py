@@ -86,6 +86,31 @@ def test_stopping_and_compaction_change_no_token(lavin):
         assert (count_compactions.last > 0) == compact
 
 
+def test_full_budget_decodes_every_step_and_changes_no_token(lavin):
+    batch = {k: v[:2] for k, v in six_rows(lavin.tokenizer).items()}
+    greedy = GenerationConfig(max_new_tokens=24, temperature=0.0)
+    eos = lavin.model.eos_id
+    lavin.model.eos_id = -1
+    try:
+        unended = lavin.model.generate(batch, greedy)
+        # An EOS that both rows write within their first tokens: the batch ends early.
+        lavin.model.eos_id = next(t for t in unended[0][:12] if t in unended[1][:12])
+        steps = []
+        hook = lavin.model.llm.model.register_forward_pre_hook(lambda *_: steps.append(1))
+        try:
+            early = lavin.model.generate(batch, greedy)
+            n_early = len(steps)
+            full = lavin.model.generate(batch, GenerationConfig(max_new_tokens=24, temperature=0.0, full_budget=True),
+                                        compact=True)  # full_budget never compacts
+            n_full = len(steps) - n_early
+        finally:
+            hook.remove()
+    finally:
+        lavin.model.eos_id = eos
+    assert full == early and all(len(row) < 12 for row in early)
+    assert n_early <= 12 and n_full == 24  # one prefill and 23 single-token steps
+
+
 def test_per_sample_streams_make_sampling_independent_of_the_batch(lavin):
     batch = six_rows(lavin.tokenizer)
     full = lavin.model.generate(batch, SAMPLED, generator=sample_generators(7, batch["pids"]))
