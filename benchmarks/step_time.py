@@ -26,9 +26,9 @@ embedded default's architecture with random weights (timing does not depend on t
   form) against the frozen InstructBLIP back-propagating to its query tokens (what any
   Q-Former adapter makes the real run do).
 Steps alternate between variants to share machine noise. Each variant's time is the best of its
-repeats by default (`--statistic min`): on a shared machine noise only ever adds time, so the
-fastest repeat is the closest to a variant's own cost, and ratios of minima move far less from
-run to run than ratios of medians (`--statistic median` reports those). `--threads 1 --clock cpu`
+repeats by default (`--statistic min`): on a shared machine noise mostly adds time, so the
+fastest repeat is the closest to a variant's own cost (`--statistic median` reports medians).
+Ratios still move by a few points between runs on a shared 2-core machine. `--threads 1 --clock cpu`
 times each step in this process's CPU seconds on one thread: the steadiest comparison on a shared
 machine (time other processes take is not counted; cache contention still is).
 
