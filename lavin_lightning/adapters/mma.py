@@ -207,8 +207,7 @@ class _SampleRoutedAdapter(torch.autograd.Function):
         # diagonal, its bias as the last row.
         dense = up_w0.new_zeros(2, code + 1, width)
         for e, (up_w, up_b) in enumerate(((up_w0, up_b0), (up_w1, up_b1))):
-            for g in range(groups):
-                dense[e, g * group_in:(g + 1) * group_in, g * group_out:(g + 1) * group_out] = up_w[g].t()
+            dense[e, :code] = torch.block_diag(*up_w).t()  # GroupedLinear.dense(), transposed
             dense[e, code] = up_b
         mixed = (w @ dense.view(2, -1)).view(batch, code + 1, width)
         out = torch.baddbmm(x, hidden, mixed, alpha=scale)
