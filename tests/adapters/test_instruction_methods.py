@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from lavin_lightning.adapters.core import adapters_disabled, peft_layers
 from lavin_lightning.adapters.excitor import ExcitorBlock, ExcitorConfig
 from lavin_lightning.adapters.llama_adapter import AdaptionPrompt, LlamaAdapterConfig
-from lavin_lightning.adapters.lora import LoRAConfig, merged
+from lavin_lightning.adapters.lora import LoRAConfig, SparseDropout, dropped_positions, merged
 from lavin_lightning.backbones.llama import LLMSpec, load_causal_lm
 from lavin_lightning.backbones.tiny import byte_tokenizer
 from lavin_lightning.backbones.vision import VisionSpec
@@ -187,6 +188,37 @@ def test_excitor_attention_matches_the_formula(rope, extra_scale, base):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("excitor_heads", [1, 2])
+@pytest.mark.parametrize("multimodal", [False, True])
+def test_excitor_key_extra_matches_eqs_6_to_9(excitor_heads, multimodal):
+    """Key_extra, written out sample by sample and head by head: keys and values [P; W_k(I)],
+    [P; W_v(I)] for samples with an image, P alone for the others."""
+    config = ExcitorConfig(prompt_length=3, rank=4, excitor_heads=excitor_heads)
+    torch.manual_seed(5)
+    width, query_heads = 8, 4
+    block = ExcitorBlock(config, width, query_heads, visual_width=6 if multimodal else None)
+    with torch.no_grad():
+        for param in block.parameters():
+            param.copy_(torch.randn_like(param))
+    tokens = torch.randn(3, 5, width)
+    images, has_image = torch.randn(3, 2, 6), torch.tensor([True, False, True])
+    if multimodal:
+        block.visual = (images, has_image)
+    c = width // excitor_heads
+    expected = torch.empty(3, 5, width)
+    for b in range(3):
+        keys = values = block.prompt
+        if multimodal and has_image[b]:
+            keys = torch.cat([block.prompt, block.visual_key(images[b])])
+            values = torch.cat([block.prompt, block.visual_value(images[b])])
+        query = block.query(tokens[b])
+        for h in range(excitor_heads):
+            part = slice(h * c, (h + 1) * c)
+            weights = torch.softmax(query[:, part] @ keys[:, part].T / math.sqrt(c), dim=-1)
+            expected[b, :, part] = weights @ values[:, part]
+    torch.testing.assert_close(block.key_extra(tokens), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("base", ["sdpa", "eager"])
 def test_llama_adapter_attention_matches_the_release_formula(base):
     from transformers.models.llama.modeling_llama import repeat_kv
@@ -307,6 +339,59 @@ def test_lora_merge_keeps_outputs_and_leaves_only_the_backbones_layers():
     # Training after inference: the LoRA tensors are back in the graph.
     module.model.loss(text_batch(BATCH)).backward()
     assert all(p.grad is not None for name, p in module.model.named_parameters() if "lora_B" in name)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.9])
+def test_dropped_positions_are_iid_bernoulli(p):
+    """The gap-drawn positions have i.i.d. Bernoulli(p) statistics: the dropped fraction, that of
+    neighbouring pairs and of the first and last slots, within 5 standard deviations."""
+    torch.manual_seed(0)
+    n, rounds = 200_000, 20
+    dropped = torch.zeros(rounds, n, dtype=torch.bool)
+    for row in dropped:
+        positions = dropped_positions(n, p)
+        assert positions.dtype == torch.int64 and bool((positions[1:] > positions[:-1]).all())
+        assert 0 <= int(positions[0]) and int(positions[-1]) < n
+        row[positions] = True
+
+    def close(fraction: torch.Tensor, expected: float, trials: int) -> bool:
+        return abs(float(fraction) - expected) < 5 * math.sqrt(expected * (1 - expected) / trials)
+
+    assert close(dropped.double().mean(), p, rounds * n)
+    assert close((dropped[:, 1:] & dropped[:, :-1]).double().mean(), p * p, rounds * (n - 1) // 2)
+    for edge in (dropped[:, :1000], dropped[:, -1000:]):  # no slot is favoured
+        assert close(edge.double().mean(), p, edge.numel())
+    assert dropped_positions(0, p).numel() == 0
+
+
+def test_sparse_dropout_scales_kept_values_and_masks_their_gradient():
+    dropout = SparseDropout(0.25)
+    x = torch.randn(4, 7, 96, requires_grad=True)
+    torch.manual_seed(1)
+    positions = dropped_positions(x.numel(), 0.25)
+    torch.manual_seed(1)
+    out = dropout(x)  # the positions drawn from the same seed are the ones dropped
+    kept = torch.ones(x.numel(), dtype=torch.bool).index_fill_(0, positions, False).view(x.shape)
+    assert 0.6 < float(kept.double().mean()) < 0.9
+    assert torch.equal(out, torch.where(kept, x * (1 / 0.75), 0.0))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert torch.equal(x.grad, torch.where(kept, grad * (1 / 0.75), 0.0))
+    assert dropout.eval()(x) is x
+
+
+@pytest.mark.parametrize("sampler", ["gaps", "torch"])
+def test_lora_dropout_sampler(sampler):
+    module = LoRA(llm=LLMSpec(config="tiny"), adapter=LoRAConfig(dropout=0.1, dropout_sampler=sampler))
+    module.configure_model()
+    dropouts = [d for layer in peft_layers(module.model) for d in layer.lora_dropout.values()]
+    kind = SparseDropout if sampler == "gaps" else nn.Dropout
+    assert dropouts and all(type(d) is kind and d.p == 0.1 for d in dropouts)
+    without_dropout = LoRA(llm=LLMSpec(config="tiny"), adapter=LoRAConfig(dropout=0.0))
+    without_dropout.configure_model()
+    assert sorted(module.trainable_names) == sorted(without_dropout.trainable_names)  # checkpoints unchanged
+    with pytest.raises(ConfigError, match="dropout_sampler"):
+        LoRAConfig(dropout_sampler="fast")
 
 
 # -- multimodal --------------------------------------------------------------------------------
