@@ -26,14 +26,16 @@ embedded default's architecture with random weights (timing does not depend on t
 * petal: every method on InstructBLIP (PETAL also without its IB term and in the release's
   form) against the frozen InstructBLIP back-propagating to its query tokens (what any
   Q-Former adapter makes the real run do).
-Steps alternate between variants to share machine noise. The lavin and text sections also time
-a second copy of the frozen baseline ("frozen backbone, second copy"): the same computation, so
-its distance from the baseline is the measurement's own spread. Each variant's time is the best of its
-repeats by default (`--statistic min`): on a shared machine noise mostly adds time, so the
-fastest repeat is the closest to a variant's own cost (`--statistic median` reports medians).
-Ratios still move by a few points between runs on a shared 2-core machine. `--threads 1 --clock cpu`
-times each step in this process's CPU seconds on one thread: the steadiest comparison on a shared
-machine (time other processes take is not counted; cache contention still is).
+Steps alternate between variants to share machine noise. The lavin, text and decode sections
+also time a second copy of the frozen baseline ("frozen backbone, second copy"): the same
+computation, so its distance from the baseline is the measurement's own spread; decode also
+times each method with its adapters disabled (the same weights in the same memory). Each
+variant's time is the best of its repeats by default (`--statistic min`): on a shared machine
+noise mostly adds time, so the fastest repeat is the closest to a variant's own cost
+(`--statistic median` reports medians). Ratios still move by a few points between runs on a
+shared 2-core machine. `--threads 1 --clock cpu` times each step in this process's CPU seconds
+on one thread: the steadiest comparison on a shared machine (time other processes take is not
+counted; cache contention still is).
 
 `--device cuda` runs the same on a GPU (synchronised around every timing), `--dtype bfloat16`
 stores the frozen weights in bf16 (adapters stay fp32), `--llm llama-1b` is a ~1.1B LLaMA shape

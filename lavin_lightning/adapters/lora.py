@@ -65,7 +65,7 @@ def dropped_positions(count: int, p: float) -> torch.Tensor:
     drawn instead of the trials: floor(log(1 - u) / log(1 - p)) with u uniform in [0, 1)
     (torch.rand's 53 bits in float64), about p * count random numbers in all."""
     inverse_log_keep = 1.0 / math.log1p(-p)
-    chunks, end = [torch.empty(0, dtype=torch.float64)], 0
+    chunks, end = [], 0
     while end < count:  # one round but in rare draws (6 standard deviations of margin)
         left = count - end
         draws = int(left * p + 6 * math.sqrt(left * p) + 16)
@@ -73,7 +73,9 @@ def dropped_positions(count: int, p: float) -> torch.Tensor:
         positions = gaps.add_(1).cumsum_(0).add_(end - 1)
         chunks.append(positions)
         end = int(positions[-1]) + 1
-    positions = torch.cat(chunks) if len(chunks) > 2 else chunks[-1]
+    if not chunks:  # nothing to drop from
+        return torch.empty(0, dtype=torch.int64)
+    positions = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
     return positions[: int(torch.searchsorted(positions, float(count)))].long()
 
 
