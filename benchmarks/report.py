@@ -44,6 +44,10 @@ class Benchmark:
 
 BENCHMARKS = [
     Benchmark("step_time", [], ["--steps", "4", "--section", "lavin,text,decode"]),
+    # The text methods where every query head has its own key (multi-head attention, as LLaMA-7B).
+    Benchmark("step_time_mha", ["--llm", "smollm2-mha", "--section", "text,decode"],
+              ["--llm", "smollm2-mha", "--steps", "4", "--section", "text,decode"],
+              script=REPO / "benchmarks" / "step_time.py"),
     Benchmark("caption_scoring", ["--source", "synthetic"], ["--source", "synthetic", "--images", "500"]),
     Benchmark("distributed_scaling", [], ["--steps", "2", "--section", "cpu"]),
     Benchmark("scienceqa_eval", [], ["--n-test", "32", "--modes", "release,stop/compact,options"]),

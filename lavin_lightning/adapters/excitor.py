@@ -27,7 +27,7 @@ The parameters of layer l live in `self_attn.{k,v}_proj.excitor` of that layer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -163,6 +163,24 @@ class ExcitorBlock(AdapterModule):
         extra = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, h, T, c)
         return extra.transpose(1, 2).reshape(batch, length, width)
 
+    def decoding_key_shift(self, tokens: torch.Tensor, column_gate: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+        """(B, T, C): g * Key_extra (each query head's C/H columns times its gate) during a
+        generation of a text-only block with one Excitor head; None elsewhere (`key_extra`).
+
+        A decoding step is a handful of one-token products, which cost their dispatch more than
+        their arithmetic: with the gate and down() folded into per-generation constants it is
+        two products and a softmax (the same values up to float rounding)."""
+        if self._memo is None or self.heads != 1 or (self.visual is not None and hasattr(self, "visual_key")):
+            return None
+        token_map, gated_values = self.memo("decoding_map", lambda: self._decoding_map(column_gate()))
+        return torch.softmax(tokens.to(self.prompt.dtype) @ token_map, dim=-1) @ gated_values
+
+    def _decoding_map(self, column_gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The map (C, K) from a token to its Excitor scores, down() folded in, and the values
+        (K, C) times the gate of each column."""
+        score_map, values, _ = self._score_map()  # (1, 1, r, K), (1, 1, K, C)
+        return self.query.down.weight.t() @ score_map[0, 0], values[0, 0] * column_gate
+
 
 class ExcitorProjection(nn.Module):
     """A frozen k_proj (or v_proj) that carries Key_extra.
@@ -185,18 +203,21 @@ class ExcitorProjection(nn.Module):
         out = self.base_layer(hidden_states, *args, **kwargs)
         if not self.excitor.active:
             return out
-        extra = self.excitor.key_extra(hidden_states).to(out.dtype)
         if self.query_heads is None:
-            return torch.cat([out, extra], dim=-1)
+            return torch.cat([out, self.excitor.key_extra(hidden_states).to(out.dtype)], dim=-1)
         heads = self.query_heads
-        head_dim = extra.shape[-1] // heads
+        head_dim = hidden_states.shape[-1] // heads
         kv_heads = out.shape[-1] // head_dim
         groups = heads // kv_heads
-        shift = (self.excitor.gate.to(out.dtype) * self.ratio).expand(heads).view(kv_heads, groups, 1)
         # Key head j serves query heads j*groups .. (j+1)*groups-1 (repeat_kv's order).
-        keys = torch.addcmul(out.unflatten(-1, (kv_heads, 1, head_dim)), shift,
-                             extra.unflatten(-1, (kv_heads, groups, head_dim)))
-        return keys.flatten(-3)
+        key_heads = out.unflatten(-1, (kv_heads, 1, head_dim))
+        shift = self.excitor.decoding_key_shift(
+            hidden_states, lambda: (self.excitor.gate * self.ratio).expand(heads).repeat_interleave(head_dim))
+        if shift is not None:
+            return (key_heads + shift.to(out.dtype).unflatten(-1, (kv_heads, groups, head_dim))).flatten(-3)
+        extra = self.excitor.key_extra(hidden_states).to(out.dtype)
+        gate = (self.excitor.gate.to(out.dtype) * self.ratio).expand(heads).view(kv_heads, groups, 1)
+        return torch.addcmul(key_heads, gate, extra.unflatten(-1, (kv_heads, groups, head_dim))).flatten(-3)
 
 
 class _KeysPerQueryHead:

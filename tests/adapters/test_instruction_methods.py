@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lavin_lightning.adapters.core import adapters_disabled, peft_layers
+from lavin_lightning.adapters.core import adapters_disabled, decoding_cache, peft_layers
 from lavin_lightning.adapters.excitor import ExcitorBlock, ExcitorConfig
 from lavin_lightning.adapters.llama_adapter import AdaptionPrompt, LlamaAdapterConfig
 from lavin_lightning.adapters.lora import LoRAConfig, SparseDropout, dropped_positions, merged
@@ -217,6 +217,23 @@ def test_excitor_key_extra_matches_eqs_6_to_9(excitor_heads, multimodal):
             weights = torch.softmax(query[:, part] @ keys[:, part].T / math.sqrt(c), dim=-1)
             expected[b, :, part] = weights @ values[:, part]
     torch.testing.assert_close(block.key_extra(tokens), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra_scale", ["head_dim", "hidden"])
+def test_excitor_decoding_keys_equal_the_training_keys(extra_scale):
+    """While generating, a text-only block folds its gates and down() into per-generation
+    constants: the keys it returns are the training path's, up to float rounding."""
+    module = make("excitor", extra_scale=extra_scale)
+    randomise(module)
+    projection = module.model.llm.model.layers[-1].self_attn.k_proj
+    hidden = torch.randn(2, 3, module.model.llm.config.hidden_size)
+    with torch.no_grad():
+        trained = projection(hidden)
+        with decoding_cache(module.model):
+            decoded = projection(hidden)
+            assert "decoding_map" in projection.excitor._memo  # the folded path ran
+    torch.testing.assert_close(decoded, trained, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(trained, projection.base_layer(hidden).repeat_interleave(2, dim=-1))  # gates act
 
 
 @pytest.mark.parametrize("base", ["sdpa", "eager"])
