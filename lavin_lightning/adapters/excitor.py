@@ -165,21 +165,28 @@ class ExcitorBlock(AdapterModule):
 
     def decoding_key_shift(self, tokens: torch.Tensor, column_gate: Callable[[], torch.Tensor]) -> torch.Tensor | None:
         """(B, T, C): g * Key_extra (each query head's C/H columns times its gate) during a
-        generation of a text-only block with one Excitor head; None elsewhere (`key_extra`).
+        generation of a block with one Excitor head; None elsewhere (`key_extra`).
 
         A decoding step is a handful of one-token products, which cost their dispatch more than
         their arithmetic: with the gate and down() folded into per-generation constants it is
         two products and a softmax (the same values up to float rounding)."""
-        if self._memo is None or self.heads != 1 or (self.visual is not None and hasattr(self, "visual_key")):
+        if self._memo is None or self.heads != 1:
             return None
-        token_map, gated_values = self.memo("decoding_map", lambda: self._decoding_map(column_gate()))
-        return torch.softmax(tokens.to(self.prompt.dtype) @ token_map, dim=-1) @ gated_values
+        token_map, gated_values, blocked = self.memo("decoding_map", lambda: self._decoding_map(column_gate()))
+        scores = tokens.to(self.prompt.dtype) @ token_map  # (B, T, K[+V])
+        if blocked is not None:
+            scores = scores + blocked[:, None, :]
+        return torch.softmax(scores, dim=-1) @ gated_values
 
-    def _decoding_map(self, column_gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The map (C, K) from a token to its Excitor scores, down() folded in, and the values
-        (K, C) times the gate of each column."""
-        score_map, values, _ = self._score_map()  # (1, 1, r, K), (1, 1, K, C)
-        return self.query.down.weight.t() @ score_map[0, 0], values[0, 0] * column_gate
+    def _decoding_map(self, column_gate: torch.Tensor):
+        """The map ([n,] C, K[+V]) from a token to its Excitor scores, down() folded in, the values
+        ([n,] K[+V], C) times the gate of each column, and the visual mask (n = 1 is dropped)."""
+        score_map, values, blocked = self._score_map()  # (n, 1, r, K'), (n, 1, K', C)
+        token_map = self.query.down.weight.t() @ score_map[:, 0]
+        gated_values = values[:, 0] * column_gate
+        if token_map.shape[0] == 1:
+            return token_map[0], gated_values[0], blocked
+        return token_map, gated_values, blocked
 
 
 class ExcitorProjection(nn.Module):

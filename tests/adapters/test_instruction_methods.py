@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -219,20 +220,25 @@ def test_excitor_key_extra_matches_eqs_6_to_9(excitor_heads, multimodal):
     torch.testing.assert_close(block.key_extra(tokens), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra_scale", ["head_dim", "hidden"])
-def test_excitor_decoding_keys_equal_the_training_keys(extra_scale):
-    """While generating, a text-only block folds its gates and down() into per-generation
-    constants: the keys it returns are the training path's, up to float rounding."""
-    module = make("excitor", extra_scale=extra_scale)
+@pytest.mark.parametrize("extra_scale, multimodal", [("head_dim", False), ("hidden", False), ("head_dim", True)])
+def test_excitor_decoding_keys_equal_the_training_keys(extra_scale, multimodal):
+    """While generating, a block folds its gates and down() into per-generation constants: the
+    keys it returns are the training path's, up to float rounding (multimodal: per sample, the
+    text-only one without the image keys)."""
+    from lavin_lightning.adapters.excitor import image_tokens
+
+    module = make("excitor", vision=multimodal, extra_scale=extra_scale)
     randomise(module)
     projection = module.model.llm.model.layers[-1].self_attn.k_proj
-    hidden = torch.randn(2, 3, module.model.llm.config.hidden_size)
-    with torch.no_grad():
+    hidden = torch.randn(3, 4, module.model.llm.config.hidden_size)
+    images = torch.randn(3, 2, module.model.vision.token_width) if multimodal else None
+    with torch.no_grad(), (image_tokens(module.model, images, torch.tensor([True, False, True]))
+                           if multimodal else contextlib.nullcontext()):
         trained = projection(hidden)
         with decoding_cache(module.model):
             decoded = projection(hidden)
             assert "decoding_map" in projection.excitor._memo  # the folded path ran
-    torch.testing.assert_close(decoded, trained, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(decoded, trained, rtol=1e-5, atol=1e-5)
     assert not torch.equal(trained, projection.base_layer(hidden).repeat_interleave(2, dim=-1))  # gates act
 
 
