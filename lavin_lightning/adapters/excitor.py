@@ -181,12 +181,11 @@ class ExcitorBlock(AdapterModule):
     def _decoding_map(self, column_gate: torch.Tensor):
         """The map ([n,] C, K[+V]) from a token to its Excitor scores, down() folded in, the values
         ([n,] K[+V], C) times the gate of each column, and the visual mask (n = 1 is dropped)."""
-        score_map, values, blocked = self._score_map()  # (n, 1, r, K'), (n, 1, K', C)
-        token_map = self.query.down.weight.t() @ score_map[:, 0]
-        gated_values = values[:, 0] * column_gate
-        if token_map.shape[0] == 1:
-            return token_map[0], gated_values[0], blocked
-        return token_map, gated_values, blocked
+        score_map, values, blocked = self._score_map()
+        score_map, values = score_map[:, 0], values[:, 0]  # (n, r, K'), (n, K', C)
+        if score_map.shape[0] == 1:  # one map for every sample: plain 2-D products
+            score_map, values = score_map[0], values[0]
+        return self.query.down.weight.t() @ score_map, values * column_gate, blocked
 
 
 class ExcitorProjection(nn.Module):
