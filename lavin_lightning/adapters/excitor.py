@@ -178,7 +178,7 @@ class ExcitorBlock(AdapterModule):
             scores = scores + blocked[:, None, :]
         return torch.softmax(scores, dim=-1) @ gated_values
 
-    def _decoding_map(self, column_gate: torch.Tensor):
+    def _decoding_map(self, column_gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The map ([n,] C, K[+V]) from a token to its Excitor scores, down() folded in, the values
         ([n,] K[+V], C) times the gate of each column, and the visual mask (n = 1 is dropped)."""
         score_map, values, blocked = self._score_map()
