@@ -218,12 +218,16 @@ class ExcitorProjection(nn.Module):
         # Key head j serves query heads j*groups .. (j+1)*groups-1 (repeat_kv's order).
         key_heads = out.unflatten(-1, (kv_heads, 1, head_dim))
         shift = self.excitor.decoding_key_shift(
-            hidden_states, lambda: (self.excitor.gate * self.ratio).expand(heads).repeat_interleave(head_dim))
+            hidden_states, lambda: self._head_gates(self.excitor.gate.dtype).repeat_interleave(head_dim))
         if shift is not None:
             return (key_heads + shift.to(out.dtype).unflatten(-1, (kv_heads, groups, head_dim))).flatten(-3)
         extra = self.excitor.key_extra(hidden_states).to(out.dtype)
-        gate = (self.excitor.gate.to(out.dtype) * self.ratio).expand(heads).view(kv_heads, groups, 1)
+        gate = self._head_gates(out.dtype).view(kv_heads, groups, 1)
         return torch.addcmul(key_heads, gate, extra.unflatten(-1, (kv_heads, groups, head_dim))).flatten(-3)
+
+    def _head_gates(self, dtype: torch.dtype) -> torch.Tensor:
+        """(H,): each query head's gate times the scale of the extra scores, in `dtype`."""
+        return (self.excitor.gate.to(dtype) * self.ratio).expand(self.query_heads)
 
 
 class _KeysPerQueryHead:
