@@ -120,7 +120,6 @@ class ExcitorBlock(AdapterModule):
             nn.init.normal_(self.prompt, std=config.prompt_init_std)
             nn.init.normal_(self.gate, std=config.gate_init_std)
         self.heads = config.excitor_heads
-        self.extra_scale = config.extra_scale
         # Per batch (multimodal): image tokens (B, V, D) and which samples have an image, held
         # by `image_tokens` for one forward or one generation (see there why).
         self.visual: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -191,25 +190,26 @@ class ExcitorBlock(AdapterModule):
 class ExcitorProjection(nn.Module):
     """A frozen k_proj (or v_proj) that carries Key_extra.
 
-    On k_proj (`query_heads` given), it returns one key per query head, K + g Key_extra: the
+    On k_proj (`shifts_keys`), it returns one key per query head, K + g Key_extra: the
     gate is per head and RoPE linear, so after rotation Q (K + g Key_extra)^T = S + g S_extra
     as before, while RoPE, the cache and attention handle H heads instead of K's heads plus H
     extra ones (and attention needs no concatenation, repeat or add). On v_proj it appends
     Key_extra as extra heads for `excitor_attention` (un-rotated, it mixes in after RoPE)."""
 
-    def __init__(self, base_layer: nn.Linear, excitor: ExcitorBlock, query_heads: int | None = None,
-                 ratio: float = 1.0):
+    def __init__(self, base_layer: nn.Linear, excitor: ExcitorBlock, query_heads: int, ratio: float = 1.0,
+                 shifts_keys: bool = True):
         super().__init__()
         self.base_layer = base_layer
         self.excitor = excitor
         self.query_heads = query_heads
         self.ratio = ratio  # scale of the extra scores over the attention's own (extra_scale)
+        self.shifts_keys = shifts_keys  # on k_proj; else on v_proj, appending Key_extra (option A)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(hidden_states, *args, **kwargs)
         if not self.excitor.active:
             return out
-        if self.query_heads is None:
+        if not self.shifts_keys:
             return torch.cat([out, self.excitor.key_extra(hidden_states).to(out.dtype)], dim=-1)
         heads = self.query_heads
         head_dim = hidden_states.shape[-1] // heads
@@ -218,14 +218,14 @@ class ExcitorProjection(nn.Module):
         # Key head j serves query heads j*groups .. (j+1)*groups-1 (repeat_kv's order).
         key_heads = out.unflatten(-1, (kv_heads, 1, head_dim))
         shift = self.excitor.decoding_key_shift(
-            hidden_states, lambda: self._head_gates(self.excitor.gate.dtype).repeat_interleave(head_dim))
+            hidden_states, lambda: self.head_gates(self.excitor.gate.dtype).repeat_interleave(head_dim))
         if shift is not None:
             return (key_heads + shift.to(out.dtype).unflatten(-1, (kv_heads, groups, head_dim))).flatten(-3)
         extra = self.excitor.key_extra(hidden_states).to(out.dtype)
-        gate = self._head_gates(out.dtype).view(kv_heads, groups, 1)
+        gate = self.head_gates(out.dtype).view(kv_heads, groups, 1)
         return torch.addcmul(key_heads, gate, extra.unflatten(-1, (kv_heads, groups, head_dim))).flatten(-3)
 
-    def _head_gates(self, dtype: torch.dtype) -> torch.Tensor:
+    def head_gates(self, dtype: torch.dtype) -> torch.Tensor:
         """(H,): each query head's gate times the scale of the extra scores, in `dtype`."""
         return (self.excitor.gate.to(dtype) * self.ratio).expand(self.query_heads)
 
@@ -261,9 +261,7 @@ def excitor_attention(module, query, key, value, attention_mask, scaling, dropou
     if value.shape[1] == n_kv:  # a layer without Excitor, adapters disabled, or no GQA (keys shifted)
         return attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     value, key_extra = value[:, :n_kv], value[:, n_kv:]
-    excitor: ExcitorBlock = module.v_proj.excitor
-    ratio = 1.0 if excitor.extra_scale == "head_dim" else module.config.hidden_size ** -0.5 / scaling
-    shift = (excitor.gate.to(query.dtype) * ratio)[None, :, None, None]
+    shift = module.v_proj.head_gates(query.dtype)[None, :, None, None]
     groups = module.num_key_value_groups
     key = repeat_kv(key, groups) + shift * key_extra  # (B, H, K, d): one key per query head
     value = repeat_kv(value, groups)
@@ -309,12 +307,9 @@ def inject(model: nn.Module, config: ExcitorConfig) -> Injection:
         block = ExcitorBlock(config, lm_config.hidden_size, lm_config.num_attention_heads, visual_width)
         if base.weight.device.type != "meta":
             block.to(base.weight.device)
-        if config.rope_on_key_extra:
-            scaling = getattr(attention, "scaling", head_dim ** -0.5)
-            ratio = 1.0 if config.extra_scale == "head_dim" else lm_config.hidden_size ** -0.5 / scaling
-            wrapper = ExcitorProjection(base, block, lm_config.num_attention_heads, ratio)
-        else:
-            wrapper = ExcitorProjection(base, block)
+        scaling = getattr(attention, "scaling", head_dim ** -0.5)
+        ratio = 1.0 if config.extra_scale == "head_dim" else lm_config.hidden_size ** -0.5 / scaling
+        wrapper = ExcitorProjection(base, block, lm_config.num_attention_heads, ratio, config.rope_on_key_extra)
         replace_module(attention, carrier, wrapper)
         blocks.append(block)
     return Injection(prefixed("llm", [f"{name}.{carrier}" for name in names]), blocks)

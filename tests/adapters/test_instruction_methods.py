@@ -160,7 +160,8 @@ def attention_inputs(module):
     return attention, hidden, position_embeddings, mask
 
 
-@pytest.mark.parametrize("rope, extra_scale", [(True, "head_dim"), (False, "head_dim"), (True, "hidden")])
+@pytest.mark.parametrize("rope, extra_scale", [(True, "head_dim"), (False, "head_dim"), (True, "hidden"),
+                                               (False, "hidden")])
 @pytest.mark.parametrize("base", ["sdpa", "eager"])
 def test_excitor_attention_matches_the_formula(rope, extra_scale, base):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
