@@ -205,6 +205,15 @@ def petal_batch(module, batch_size: int) -> dict:
     return Collator(module.tokenizer.pad_token_id)(items)
 
 
+def rotated(names, repeat: int) -> list:
+    """`names` starting at position `repeat` (cyclically): over the repeats each variant runs after
+    every other one as often, so that none always inherits the same predecessor's state of the
+    caches and memory."""
+    names = list(names)
+    start = repeat % len(names)
+    return names[start:] + names[:start]
+
+
 def time_steps(variants: dict[str, Step], batch: dict, steps: int) -> dict[str, float]:
     """Median seconds per training step (forward, backward, AdamW) of each variant."""
     # Multi-tensor AdamW (PyTorch's default on GPUs; on CPUs the default loops over the
@@ -223,7 +232,7 @@ def time_steps(variants: dict[str, Step], batch: dict, steps: int) -> dict[str, 
             optimizer.step()
 
     for step_index in range(steps + 1):  # step 0 warms up
-        for name in variants:
+        for name in rotated(variants, step_index):
             sync()
             start = CLOCK()
             step(name)
@@ -371,7 +380,8 @@ def decode_speed(methods: dict[str, CausalLMModule], frozen: AdaptedCausalLM, tw
     times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for repeat in range(repeats + 1):
-            for name, (model, cache, context) in runs.items():
+            for name in rotated(runs, repeat):
+                model, cache, context = runs[name]
                 model.eval()
                 with context():
                     sync()
@@ -417,7 +427,8 @@ def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> di
                 m.model.eos_id = -1  # random weights: decode the full budget every time
             with folded.inference():
                 for repeat in range(repeats + 1):  # variants alternate: they share the machine's noise
-                    for name, m in variants.items():
+                    for name in rotated(variants, repeat):
+                        m = variants[name]
                         sync()
                         start = CLOCK()
                         m.model.generate(batch, config)
