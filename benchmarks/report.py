@@ -66,6 +66,16 @@ def entry(name: str, value: float, unit: str = "", note: str = "") -> dict:
     return item
 
 
+def alternated(names, repeat: int) -> list:
+    """The order of the variants in repeat `repeat`: forward on even repeats, reversed on odd ones.
+    Variants timed in turn share the machine's moods; alternating the direction also gives each
+    one both neighbours as predecessors (a fixed or merely rotated order keeps each variant's
+    predecessor, whose state of the caches and memory it inherits) and evens out drift within a
+    repeat."""
+    names = list(names)
+    return names if repeat % 2 == 0 else names[::-1]
+
+
 def write_json(path: str | os.PathLike | None, headline: list[dict], absolute: list[dict], **details) -> None:
     """A benchmark's results for the report (nothing when `path` is None)."""
     if path is None:

@@ -53,7 +53,7 @@ from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation  # noqa: E40
 from lavin_lightning.commands.demo import embedded_module  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import entry, write_json  # noqa: E402
+from report import alternated, entry, write_json  # noqa: E402
 
 MODES = {
     "release": {"stop": False, "compact": False, "eval_order": "split", "evaluation": "generate", "full_budget": True},
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate(module, data_root, work / "warmup", argparse.Namespace(**{**vars(args), "batch": 2}),
                  {**MODES["options"]})  # loads what the first timed run would
         results, timings = {}, {name: ([], []) for name in modes}
-        for repeat in range(args.repeats):  # modes alternate, so that the machine's moods hit them alike
-            for name in modes if repeat % 2 == 0 else modes[::-1]:
+        for repeat in range(args.repeats):
+            for name in alternated(modes, repeat):
                 seconds, cpu, computed, answers, texts = evaluate(module, data_root, work / name.replace("/", "_"),
                                                                   args, MODES[name])
                 timings[name][0].append(seconds)

@@ -69,7 +69,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # report.py, also when imported as benchmarks.step_time
 
-from report import entry, write_json  # noqa: E402
+from report import alternated, entry, write_json  # noqa: E402
 
 from data_modules.batching import Collator, encode_segments  # noqa: E402
 from data_modules.templates import encode_conversation, encode_records, instruction_suffix  # noqa: E402
@@ -205,15 +205,6 @@ def petal_batch(module, batch_size: int) -> dict:
     return Collator(module.tokenizer.pad_token_id)(items)
 
 
-def rotated(names, repeat: int) -> list:
-    """`names` starting at position `repeat` (cyclically): over the repeats each variant runs after
-    every other one as often, so that none always inherits the same predecessor's state of the
-    caches and memory."""
-    names = list(names)
-    start = repeat % len(names)
-    return names[start:] + names[:start]
-
-
 def time_steps(variants: dict[str, Step], batch: dict, steps: int) -> dict[str, float]:
     """Median seconds per training step (forward, backward, AdamW) of each variant."""
     # Multi-tensor AdamW (PyTorch's default on GPUs; on CPUs the default loops over the
@@ -232,7 +223,7 @@ def time_steps(variants: dict[str, Step], batch: dict, steps: int) -> dict[str, 
             optimizer.step()
 
     for step_index in range(steps + 1):  # step 0 warms up
-        for name in rotated(variants, step_index):
+        for name in alternated(variants, step_index):
             sync()
             start = CLOCK()
             step(name)
@@ -380,7 +371,7 @@ def decode_speed(methods: dict[str, CausalLMModule], frozen: AdaptedCausalLM, tw
     times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         for repeat in range(repeats + 1):
-            for name in rotated(runs, repeat):
+            for name in alternated(runs, repeat):
                 model, cache, context = runs[name]
                 model.eval()
                 with context():
@@ -426,8 +417,8 @@ def lavin_decode_speed(backbone_args: dict, new_tokens: int, repeats: int) -> di
                 m.eval()
                 m.model.eos_id = -1  # random weights: decode the full budget every time
             with folded.inference():
-                for repeat in range(repeats + 1):  # variants alternate: they share the machine's noise
-                    for name in rotated(variants, repeat):
+                for repeat in range(repeats + 1):
+                    for name in alternated(variants, repeat):
                         m = variants[name]
                         sync()
                         start = CLOCK()

@@ -148,8 +148,9 @@ class AdaptedInstructBLIP(nn.Module):
         embeds, mask = self._lm_inputs(features.projected, rows, with_answer=True, left_pad=False)
         if not self.decoder_only:
             targets = pad_sequence([a for _, a in rows], batch_first=True, padding_value=IGNORE_INDEX)
-            return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=targets).loss
-        hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            return self.language_model(inputs_embeds=embeds, attention_mask=mask, labels=targets,
+                                       use_cache=False).loss  # no decoding follows: no key/value cache
+        hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         # Logits only where an answer token is predicted (the position before it).
         positions, targets = [], []
         for i, (prompt, answer) in enumerate(rows):
