@@ -130,6 +130,8 @@ def git_commit(root: Path = REPO) -> str | None:
 def machine() -> dict:
     import torch
 
+    from lavin_lightning.commands.demo import native_bf16
+
     versions = {"python": platform.python_version(), "torch": torch.__version__}
     for package in ("transformers", "lightning", "peft"):
         try:
@@ -141,6 +143,8 @@ def machine() -> dict:
     ram = _ram_gib()
     return {
         "cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        # bf16 without hardware units is emulated, several times slower than fp32: say which kind ran
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_units": native_bf16()[0],
         "ram_gib": round(ram, 1) if ram else None, "gpus": gpus, "platform": platform.platform(),
         "versions": versions, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(), "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -200,7 +204,8 @@ def markdown(report: dict) -> str:
     lines = [
         "# Benchmark report", "",
         f"{m['date']}, commit {m['commit'] or 'unknown'}{' (quick run)' if report.get('quick') else ''}", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
+        f"Machine: {m['cpu']} ({m['cpu_capability']}, bf16 units: {'yes' if m['bf16_units'] else 'no'}), "
+        f"{m['cores']} cores, {m['torch_threads']} torch threads, "
         f"{m['ram_gib']} GiB RAM, GPU: {gpus}; {m['platform']}; {versions}.", "",
         "Load averages (1/5/15 min) are given before and after each section: a shared machine inflates "
         "absolute times; ratios are measured on alternating steps and share the noise.", "",

@@ -45,7 +45,8 @@ def test_runner_writes_json_and_markdown(tmp_path):
 
     data = json.loads((out / "report.json").read_text())
     machine = data["machine"]
-    for key in ("cpu", "cores", "torch_threads", "ram_gib", "gpus", "versions", "date", "commit", "load_average"):
+    for key in ("cpu", "cpu_capability", "bf16_units", "cores", "torch_threads", "ram_gib", "gpus", "versions",
+                "date", "commit", "load_average"):
         assert key in machine
     assert {"torch", "transformers", "lightning"} <= set(machine["versions"])
     status = {s["name"]: s["status"] for s in data["sections"]}

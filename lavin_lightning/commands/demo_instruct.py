@@ -29,8 +29,8 @@ from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.callbacks.predictions import WritePredictions
 from lavin_lightning.checkpoint import save_adapter
 from lavin_lightning.commands.demo import (
-    add_cpu_options,
-    apply_cpu_options,
+    add_device_options,
+    apply_device_options,
     demo_config,
     demo_methods,
     demo_module,
@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=None, help="absolute learning rate (default: the config's)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="(default: the config's)")
     ap.add_argument("--seed", type=int, default=0)
-    add_cpu_options(ap)
+    add_device_options(ap)
     args = ap.parse_args(argv)
     config = demo_config(f"instruct_{args.method}")
     data_args = config["data"]["init_args"]
     args.steps = args.steps or config["trainer"]["max_steps"]
     args.batch_size = args.batch_size or data_args["global_batch_size"]
-    apply_cpu_options(args)
+    config = apply_device_options(args, config)
     started = time.time()
     out = Path(args.out or f"runs/demo-instruct-{args.method}")
     L.seed_everything(args.seed, verbose=False)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.method}: {counts['trainable']:,} trainable of {counts['total']:,} parameters")
     logger = wandb_logger(out, f"demo-instruct-{args.method}", method=args.method,
                           trainable_params=counts["trainable"], steps=args.steps, lr=module.optim.lr,
-                          global_batch_size=args.batch_size)
+                          global_batch_size=args.batch_size, precision=args.precision)
 
     seconds = {"loading": round(time.time() - started, 1)}
     phase_started = time.time()

@@ -36,8 +36,8 @@ from data_modules.templates import encode_conversation
 from lavin_lightning.callbacks.scienceqa import ScienceQAEvaluation
 from lavin_lightning.checkpoint import save_adapter
 from lavin_lightning.commands.demo import (
-    add_cpu_options,
-    apply_cpu_options,
+    add_device_options,
+    apply_device_options,
     demo_config,
     demo_module,
     report_written,
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=120, help="test problems scored before and after")
     ap.add_argument("--seed", type=int, default=0)
-    add_cpu_options(ap)
+    add_device_options(ap)
     args = ap.parse_args(argv)
-    apply_cpu_options(args)
+    config = apply_device_options(args, config)
     started = time.time()
     out = Path(args.out)
     L.seed_everything(args.seed, verbose=False)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     logger = wandb_logger(out, "demo-smollm2-easyvqa", trainable_params=counts["trainable"],
                           total_params=counts["total"], steps=args.steps, lr=module.optim.lr,
-                          global_batch_size=args.batch_size, vit=str(vit_dir))
+                          global_batch_size=args.batch_size, precision=args.precision, vit=str(vit_dir))
     results, answers, seconds = {}, {}, {}
     for phase in PHASES:
         phase_started = time.time()

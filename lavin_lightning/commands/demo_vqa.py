@@ -39,8 +39,8 @@ from lavin_lightning.adapters.core import adapters_disabled
 from lavin_lightning.callbacks.vqa import VQAEvaluation
 from lavin_lightning.checkpoint import save_adapter
 from lavin_lightning.commands.demo import (
-    add_cpu_options,
-    apply_cpu_options,
+    add_device_options,
+    apply_device_options,
     demo_config,
     demo_methods,
     demo_module,
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=None, help="absolute learning rate (default: the config's)")
     ap.add_argument("--test-questions", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
-    add_cpu_options(ap)
+    add_device_options(ap)
     args = ap.parse_args(argv)
     config = demo_config(f"vqa_{args.method}")
     data_args = config["data"]["init_args"]
     args.steps = args.steps or config["trainer"]["max_steps"]
     args.batch_size = args.batch_size or data_args["global_batch_size"]
-    apply_cpu_options(args)
+    config = apply_device_options(args, config)
     started = time.time()
     out = Path(args.out or f"runs/demo-vqa-{args.method}")
     L.seed_everything(args.seed, verbose=False)
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   "image_std": tuple(data_args["image_std"]), "seed": args.seed},
                                tokenizer=module.tokenizer, instruction_tokenizer=module.instruction_tokenizer)
     logger = wandb_logger(out, f"demo-vqa-{args.method}", method=args.method, trainable_params=counts["trainable"],
-                          steps=args.steps, lr=module.optim.lr, global_batch_size=args.batch_size)
+                          steps=args.steps, lr=module.optim.lr, global_batch_size=args.batch_size,
+                          precision=args.precision)
 
     seconds = {"loading": round(time.time() - started, 1)}
     phase_started = time.time()

@@ -183,3 +183,36 @@ def test_the_demo_config_documents_its_commands():
     text = (REPO / "experiments/demo/lavin.yaml").read_text()
     assert "lavin-lightning chat --config experiments/demo/lavin.yaml --adapter runs/demo/adapter" in text
     assert "path: data/vit/clip-small-64" in text
+
+
+@pytest.mark.parametrize("name", ["lavin", "instruct_excitor", "vqa_petal"])
+def test_the_demos_run_in_float32_where_bf16_is_emulated(name, monkeypatch, capsys):
+    """`--precision fp32` (and `auto` on a CPU without bf16 units) turns every bfloat16 of a demo
+    config into float32 and bf16 autocast into 32-true; `bf16` keeps the config as it is."""
+    from lavin_lightning.commands import demo
+
+    config = demo.demo_config(name)
+    as_config, chosen = demo.with_precision(config, "bf16")
+    assert as_config is config and chosen == "bf16"
+    fp32, chosen = demo.with_precision(config, "fp32")
+    assert chosen == "fp32" and "bfloat16" in yaml.safe_dump(config) and "bfloat16" not in yaml.safe_dump(fp32)
+    assert fp32["trainer"].get("precision", "32-true") == "32-true" and fp32["data"] == config["data"]
+    module = demo.demo_module(fp32)
+    spec = module.llm_spec if name != "vqa_petal" else module.backbone_spec.language_model
+    assert spec.dtype == "float32" and config == demo.demo_config(name)  # the config itself untouched
+
+    for native, expected in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(demo, "native_bf16", lambda native=native: (native, "a CPU"))
+        assert demo.with_precision(config, "auto")[1] == expected
+        assert f"precision: {expected} (a CPU has" in capsys.readouterr().out
+
+
+def test_bf16_counts_as_native_only_with_bf16_units():
+    from lavin_lightning.commands.demo import native_bf16
+
+    native, device = native_bf16()
+    assert isinstance(native, bool) and device
+    if not torch.cuda.is_available():
+        features = torch._C._cpu._get_cpu_capability()
+        if features.get("architecture") == "x86_64":
+            assert native == bool(features["avx512_bf16"] or features["amx_bf16"])
