@@ -108,6 +108,10 @@ class InstructBLIPSpec:
             staying random: how BLIP-2 starts its Q-Former from BERT-base. Shapes must match.
         dtype: dtype of the frozen weights (float32, bfloat16, float16); a replacing
             `language_model` is held in its own `language_model.dtype`.
+        qformer_dropout: dropout probability of the Q-Former's hidden states and attention
+            probabilities in training; None keeps the config's (0.1 in InstructBLIP, on in training
+            as in LAVIS and PETAL's release). PETAL's demo config sets 0: with its random
+            cross-attention, PETAL's deltas learnt to rely on that dropout (README).
     """
 
     path: str | None = None
@@ -116,6 +120,11 @@ class InstructBLIPSpec:
     qformer_tokenizer: str | None = None
     qformer_init: str | None = None
     dtype: str = "float32"
+    qformer_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.qformer_dropout is not None and not 0.0 <= self.qformer_dropout < 1.0:
+            raise ConfigError(f"qformer_dropout must be in [0, 1), got {self.qformer_dropout!r}")
 
     @property
     def backbone_id(self) -> str:
@@ -135,7 +144,16 @@ class InstructBLIPSpec:
 
 
 def instructblip_config(spec: InstructBLIPSpec) -> InstructBlipConfig:
-    """The architecture alone (no weights): from `path`'s config.json, else the named config."""
+    """The architecture alone (no weights): from `path`'s config.json, else the named config;
+    with `qformer_dropout` if set."""
+    config = _architecture(spec)
+    if spec.qformer_dropout is not None:
+        config.qformer_config.hidden_dropout_prob = spec.qformer_dropout
+        config.qformer_config.attention_probs_dropout_prob = spec.qformer_dropout
+    return config
+
+
+def _architecture(spec: InstructBLIPSpec) -> InstructBlipConfig:
     if spec._local():
         return InstructBlipConfig.from_pretrained(resolve_path(spec.path), local_files_only=True)
     if spec.path and spec.config is None:
@@ -171,7 +189,8 @@ def load_instructblip(spec: InstructBLIPSpec) -> InstructBlipForConditionalGener
                               f"unpickling can run code). {HOW_TO_GET_INSTRUCTBLIP}")
         # use_safetensors: never unpickle a .bin; local_files_only: never touch the hub.
         model = InstructBlipForConditionalGeneration.from_pretrained(
-            root, local_files_only=True, use_safetensors=True, dtype=dtype, attn_implementation="sdpa")
+            root, config=instructblip_config(spec), local_files_only=True, use_safetensors=True, dtype=dtype,
+            attn_implementation="sdpa")
     else:
         config = instructblip_config(spec)
         config._attn_implementation = "sdpa"
