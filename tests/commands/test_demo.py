@@ -217,3 +217,13 @@ def test_bf16_counts_as_native_only_with_bf16_units():
         features = torch._C._cpu._get_cpu_capability()
         if features.get("architecture") == "x86_64":
             assert native == bool(features["avx512_bf16"] or features["amx_bf16"])
+
+
+def test_commands_with_a_demo_config_write_beside_the_demo_not_over_it():
+    """`test --config experiments/demo/lavin.yaml` once replaced the demo's runs/demo/metrics.json."""
+    from lavin_lightning.commands.demo import DEMO_CONFIGS, demo_config
+
+    for path in sorted(DEMO_CONFIGS.glob("*.yaml")):
+        root = demo_config(path.stem)["trainer"]["default_root_dir"]
+        demo_out = "runs/demo" if path.stem == "lavin" else f"runs/demo-{path.stem.replace('_', '-', 1)}"
+        assert root == f"{demo_out}/cli", path
